@@ -1,0 +1,17 @@
+"""eqx-bigbird: BigBird (block-sparse attention for long sequences) in JAX + Equinox."""
+
+from . import sparse_attention as sparse_attention
+from ._checkpoint import CheckpointError as CheckpointError
+from ._checkpoint import LoadReport as LoadReport
+from ._checkpoint import read_hf_weights as read_hf_weights
+from ._config import BigBirdConfig as BigBirdConfig
+from ._modules import AbstractSelfAttention as AbstractSelfAttention
+from ._modules import BigBirdEmbeddings as BigBirdEmbeddings
+from ._modules import BigBirdEncoder as BigBirdEncoder
+from ._modules import BigBirdLayer as BigBirdLayer
+from ._modules import BigBirdModel as BigBirdModel
+from ._modules import BigBirdModelOutput as BigBirdModelOutput
+from ._modules import BlockSparseSelfAttention as BlockSparseSelfAttention
+from ._modules import FullSelfAttention as FullSelfAttention
+
+__version__ = "0.1.0"

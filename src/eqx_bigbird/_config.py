@@ -1,0 +1,250 @@
+"""`BigBirdConfig`: every field of HF's `BigBirdConfig`, immutable, validated, HF round-trippable."""
+
+import dataclasses
+import json
+import os
+import warnings
+from typing import Any, Literal
+
+from ._activations import ACTIVATIONS, UNSUPPORTED_ACTIVATIONS
+
+ATTENTION_TYPES = ("block_sparse", "original_full")
+PROBLEM_TYPES = (None, "regression", "single_label_classification", "multi_label_classification")
+
+# Generic `PretrainedConfig` keys that do not change what the network computes. They are kept
+# verbatim (in `extra`) so that `to_hf` gives back the `config.json` that `from_hf` read.
+_PASSTHROUGH_KEYS = frozenset(
+    {
+        "transformers_version", "_name_or_path", "torch_dtype", "dtype", "use_bfloat16",
+        "gradient_checkpointing", "output_attentions", "output_hidden_states", "return_dict",
+        "torchscript", "tokenizer_class", "prefix", "finetuning_task", "task_specific_params",
+        "tf_legacy_loss", "tie_encoder_decoder", "decoder_start_token_id", "max_length",
+        "min_length", "do_sample", "early_stopping", "num_beams", "num_beam_groups",
+        "diversity_penalty", "temperature", "top_k", "top_p", "typical_p", "repetition_penalty",
+        "length_penalty", "no_repeat_ngram_size", "encoder_no_repeat_ngram_size", "bad_words_ids",
+        "num_return_sequences", "output_scores", "return_dict_in_generate", "forced_bos_token_id",
+        "forced_eos_token_id", "remove_invalid_values", "exponential_decay_length_penalty",
+        "suppress_tokens", "begin_suppress_tokens",
+    }
+)
+# Generic keys that would change the network: accepted only at the value we implement.
+_REQUIRED_VALUES = {
+    "is_encoder_decoder": False,
+    "pruned_heads": {},
+    "position_embedding_type": "absolute",
+    "cross_attention_hidden_size": None,
+}
+
+
+def _default_labels(n: int) -> tuple[str, ...]:
+    return tuple(f"LABEL_{i}" for i in range(n))
+
+
+@dataclasses.dataclass(frozen=True)
+class BigBirdConfig:
+    """BigBird hyperparameters, with the names and defaults of HF's `BigBirdConfig`.
+
+    Immutable and hashable, so it can sit in a model as a static field. Invalid values raise
+    `ValueError` naming the field. `from_hf` / `to_hf` read and write HF `config.json`.
+
+    Beyond HF's own fields: `id2label` is a tuple of label names (its length is `num_labels`),
+    `architectures` a tuple of class names, and `extra` holds generic HF keys that do not affect the
+    computation, as `(key, json_value)` pairs, so that a config round-trips unchanged.
+    """
+
+    vocab_size: int = 50358
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    hidden_act: str = "gelu_new"
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    max_position_embeddings: int = 4096
+    type_vocab_size: int = 2
+    initializer_range: float = 0.02
+    layer_norm_eps: float = 1e-12
+    use_cache: bool = True
+    pad_token_id: int | None = 0
+    bos_token_id: int | None = 1
+    eos_token_id: int | None = 2
+    sep_token_id: int | None = 66
+    attention_type: Literal["block_sparse", "original_full"] = "block_sparse"
+    use_bias: bool = True
+    rescale_embeddings: bool = False
+    block_size: int = 64
+    num_random_blocks: int = 3
+    classifier_dropout: float | None = None
+    # Generic `PretrainedConfig` fields that BigBird uses.
+    is_decoder: bool = False
+    add_cross_attention: bool = False
+    tie_word_embeddings: bool = True
+    chunk_size_feed_forward: int = 0
+    id2label: tuple[str, ...] = _default_labels(2)
+    problem_type: str | None = None
+    architectures: tuple[str, ...] | None = None
+    extra: tuple[tuple[str, str], ...] = ()
+
+    def __post_init__(self):
+        def fail(name, why):
+            raise ValueError(f"BigBirdConfig.{name}={getattr(self, name)!r}: {why}")
+
+        for name in (
+            "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+            "intermediate_size", "max_position_embeddings", "type_vocab_size", "block_size",
+        ):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                fail(name, "must be a positive integer")
+        if self.hidden_size % self.num_attention_heads != 0:
+            fail(
+                "hidden_size",
+                f"must be divisible by num_attention_heads={self.num_attention_heads}",
+            )
+        r = self.num_random_blocks
+        if isinstance(r, bool) or not isinstance(r, int) or r < 0:
+            fail("num_random_blocks", "must be a non-negative integer")
+        if self.hidden_act in UNSUPPORTED_ACTIVATIONS:
+            fail("hidden_act", "activations with learnable parameters are not supported")
+        if self.hidden_act not in ACTIVATIONS:
+            fail("hidden_act", f"unknown activation; known: {sorted(ACTIVATIONS)}")
+        if self.attention_type not in ATTENTION_TYPES:
+            fail("attention_type", f"must be one of {ATTENTION_TYPES}")
+        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 <= value < 1.0:
+                fail(name, "must lie in [0, 1)")
+        if not self.layer_norm_eps > 0:
+            fail("layer_norm_eps", "must be positive")
+        for name in ("pad_token_id", "bos_token_id", "eos_token_id", "sep_token_id"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value < self.vocab_size:
+                fail(name, f"must lie in [0, vocab_size={self.vocab_size})")
+        if len(self.id2label) < 1:
+            fail("id2label", "needs at least one label")
+        if self.problem_type not in PROBLEM_TYPES:
+            fail("problem_type", f"must be one of {PROBLEM_TYPES}")
+        if self.chunk_size_feed_forward < 0:
+            fail("chunk_size_feed_forward", "must be non-negative")
+
+    # -- derived --------------------------------------------------------------------------------
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.id2label)
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @property
+    def max_tokens_for_full_attention(self) -> int:
+        """Lengths up to this fall back to full attention in block-sparse mode (HF PT's rule)."""
+        return (5 + 2 * self.num_random_blocks) * self.block_size
+
+    def replace(self, **changes) -> "BigBirdConfig":
+        """A copy with some fields changed (and validated again)."""
+        if "num_labels" in changes:
+            changes["id2label"] = _default_labels(changes.pop("num_labels"))
+        return dataclasses.replace(self, **changes)
+
+    # -- HF config.json -------------------------------------------------------------------------
+
+    @classmethod
+    def from_hf(cls, path_or_dict: str | os.PathLike | dict[str, Any], *, strict: bool = True):
+        """Reads an HF `config.json` (a file, a directory holding one, or its dict).
+
+        Every key is either a field, a generic HF key that does not change the computation (kept in
+        `extra`), or one of a few generic keys accepted only at their default value. Unknown keys
+        raise `ValueError` (with `strict=False` they are kept in `extra` with a warning).
+        """
+        if isinstance(path_or_dict, dict):
+            raw = dict(path_or_dict)
+        else:
+            path = os.fspath(path_or_dict)
+            if os.path.isdir(path):
+                path = os.path.join(path, "config.json")
+            with open(path, encoding="utf-8") as f:
+                raw = json.load(f)
+
+        model_type = raw.pop("model_type", "big_bird")
+        if model_type != "big_bird":
+            raise ValueError(
+                f"config model_type={model_type!r} is not 'big_bird'"
+                + (" (use eqx_bigbird.from_bert for BERT/RoBERTa)" if model_type in ("bert", "roberta") else "")
+            )
+        fields = {f.name for f in dataclasses.fields(cls)} - {"id2label", "architectures", "extra"}
+        kwargs: dict[str, Any] = {}
+        extra: dict[str, Any] = {}
+        unknown = []
+        id2label = raw.pop("id2label", None)
+        label2id = raw.pop("label2id", None)
+        num_labels = raw.pop("num_labels", None)
+        for key, value in raw.items():
+            if key in fields:
+                kwargs[key] = value
+            elif key == "architectures":
+                kwargs[key] = None if value is None else tuple(value)
+            elif key in _REQUIRED_VALUES:
+                if value != _REQUIRED_VALUES[key]:
+                    raise ValueError(
+                        f"config {key}={value!r} is not supported (only {_REQUIRED_VALUES[key]!r})"
+                    )
+                extra[key] = value
+            elif key in _PASSTHROUGH_KEYS:
+                extra[key] = value
+            else:
+                unknown.append(key)
+        if unknown:
+            if strict:
+                raise ValueError(
+                    f"unknown BigBird config key(s) {sorted(unknown)}; pass strict=False to keep "
+                    "them unused"
+                )
+            warnings.warn(f"unknown BigBird config key(s) {sorted(unknown)} kept but unused")
+            extra.update({k: raw[k] for k in unknown})
+
+        if id2label is not None:
+            labels = {int(i): name for i, name in id2label.items()}
+            if sorted(labels) != list(range(len(labels))):
+                raise ValueError(f"config id2label keys must be 0..n-1, got {sorted(labels)}")
+            kwargs["id2label"] = tuple(labels[i] for i in range(len(labels)))
+        elif num_labels is not None:
+            kwargs["id2label"] = _default_labels(num_labels)
+        if num_labels is not None and num_labels != len(kwargs.get("id2label", _default_labels(2))):
+            raise ValueError(f"config num_labels={num_labels} disagrees with id2label")
+        if label2id is not None:
+            expected = {name: i for i, name in enumerate(kwargs.get("id2label", _default_labels(2)))}
+            if {k: int(v) for k, v in label2id.items()} != expected:
+                raise ValueError("config label2id is not the inverse of id2label")
+        kwargs["extra"] = tuple(sorted((k, json.dumps(v)) for k, v in extra.items()))
+        return cls(**kwargs)
+
+    def to_hf(self) -> dict[str, Any]:
+        """The HF `config.json` dict (`transformers.BigBirdConfig(**d)` accepts it)."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            if f.name in ("id2label", "architectures", "extra"):
+                continue
+            out[f.name] = getattr(self, f.name)
+        # HF writes generic keys only when they differ from PretrainedConfig's defaults.
+        for name, default in (
+            ("is_decoder", False), ("add_cross_attention", False), ("tie_word_embeddings", True),
+            ("chunk_size_feed_forward", 0), ("problem_type", None),
+        ):
+            if out[name] == default:
+                del out[name]
+        if self.id2label != _default_labels(2):
+            out["id2label"] = {str(i): name for i, name in enumerate(self.id2label)}
+            out["label2id"] = {name: i for i, name in enumerate(self.id2label)}
+        if self.architectures is not None:
+            out["architectures"] = list(self.architectures)
+        out.update({k: json.loads(v) for k, v in self.extra})
+        out["model_type"] = "big_bird"
+        return dict(sorted(out.items()))
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Writes `to_hf()` as JSON, atomically (temp file + rename)."""
+        from ._io import atomic_write_text
+
+        atomic_write_text(path, json.dumps(self.to_hf(), indent=2, sort_keys=True) + "\n")

@@ -1,0 +1,312 @@
+"""BigBird block-sparse attention (ITC layout) as pure functions on ONE example.
+
+Usable without the model: masks, the random block plan (from an explicit PRNG key, jit-safe),
+the five-part block computation that Hugging Face's BigBird performs, full attention, and
+densified attention maps for plots. Batches go through `jax.vmap`.
+
+Layout (as in HF and google-research/bigbird, "ITC"): the sequence is cut into `nb` blocks of
+`block_size` tokens. Query blocks 0 and nb-1 are global (they attend every key). Every other query
+block i attends key blocks 0 and nb-1 (global), its window i-1, i, i+1 (for i = 1 and nb-2 the window
+is clipped and the global block fills in), and `r` random blocks given by a *plan*: an int32 array
+`plan[head, i - 1, :]` of key-block indices. HF computes this in five parts (query block 0, 1,
+2..nb-3, nb-2, nb-1) with a fixed key order in each; `block_sparse_attention` keeps that order, the
+additive -10000 mask penalty and the 1/sqrt(head_dim) applied after the dot product, so that its
+results match HF's to float rounding.
+"""
+
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray, Real
+
+__all__ = [
+    "MASK_PENALTY",
+    "num_blocks",
+    "block_masks",
+    "random_block_mask",
+    "eval_plan",
+    "random_plan",
+    "legal_random_blocks",
+    "gather_blocks",
+    "block_sparse_attention",
+    "full_attention",
+    "block_key_indices",
+    "attention_pattern",
+]
+
+MASK_PENALTY = -10000.0  # HF's additive penalty for masked keys in block-sparse attention
+
+
+def num_blocks(seq_len: int, block_size: int) -> int:
+    """Number of blocks; raises `ValueError` unless `seq_len` is a multiple of `block_size`."""
+    if seq_len % block_size != 0:
+        raise ValueError(
+            f"sequence length {seq_len} is not a multiple of block_size {block_size}"
+        )
+    return seq_len // block_size
+
+
+def _check_block_count(nb: int, block_size: int):
+    if nb < 5:
+        raise ValueError(
+            f"block-sparse attention needs at least 5 blocks of {block_size} tokens "
+            f"(got {nb}); use full attention for shorter sequences"
+        )
+
+
+def block_masks(
+    mask: Real[Array, " seq"], block_size: int
+) -> tuple[Float[Array, "nb bs"], Float[Array, "nb4 bs band"]]:
+    """The blocked 0/1 mask `(nb, bs)` and HF's band mask `(nb-4, bs, 3*bs)`.
+
+    `band[l, q, k]` is 1 where query `q` of block `l+2` and key `k` of its 3-block window are both
+    real tokens.
+    """
+    nb = num_blocks(mask.shape[0], block_size)
+    blocked = mask.astype(jnp.float32).reshape(nb, block_size)
+    window = jnp.concatenate([blocked[1:-3], blocked[2:-2], blocked[3:-1]], axis=1)
+    band = blocked[2:-2, :, None] * window[:, None, :]
+    return blocked, band
+
+
+def random_block_mask(
+    blocked: Float[Array, "nb bs"], plan: Int[Array, "heads rows r"]
+) -> Float[Array, "heads rows bs rbs"]:
+    """`(heads, nb-2, bs, r*bs)`: 1 where a query of block i and a key of its random blocks are real."""
+    heads, rows, r = plan.shape
+    bs = blocked.shape[1]
+    to = blocked[plan].reshape(heads, rows, r * bs)
+    return blocked[None, 1:-1, :, None] * to[:, :, None, :]
+
+
+def legal_random_blocks(nb: int) -> Bool[Array, "rows nb"]:
+    """Which key blocks query block i (row i-1, i = 1..nb-2) may pick as random blocks.
+
+    HF's rule (`_get_single_block_row_attention`): never the global blocks 0 and nb-1, never the
+    window i-1..i+1; block 1 never picks nb-2 and block nb-2 never picks 1.
+    """
+    i = jnp.arange(1, nb - 1)[:, None]
+    j = jnp.arange(nb)[None, :]
+    legal = (j >= 1) & (j <= nb - 2) & (jnp.abs(j - i) > 1)
+    legal &= ~((i == 1) & (j == nb - 2))
+    legal &= ~((i == nb - 2) & (j == 1))
+    return legal
+
+
+def eval_plan(num_heads: int, nb: int, num_random_blocks: int) -> Int[Array, "heads rows r"]:
+    """HF's inference-time plan: every random block is block 0 (PT and Flax, eval mode)."""
+    return jnp.zeros((num_heads, nb - 2, num_random_blocks), jnp.int32)
+
+
+def random_plan(
+    key: PRNGKeyArray, num_heads: int, nb: int, num_random_blocks: int
+) -> Int[Array, "heads rows r"]:
+    """A random plan: for each head and query block, `r` distinct legal key blocks, uniformly.
+
+    Drawn inside jit from `key` (the key is traced, so a new key never recompiles). Candidates are
+    the whole sequence, minus what `legal_random_blocks` forbids.
+    """
+    if num_random_blocks == 0:
+        return eval_plan(num_heads, nb, 0)
+    if nb - 5 < num_random_blocks:
+        raise ValueError(
+            f"{num_random_blocks} random blocks need at least {num_random_blocks + 5} blocks, got {nb}"
+        )
+    # The r largest of i.i.d. uniforms over the legal blocks: a uniformly random r-subset.
+    scores = jax.random.uniform(key, (num_heads, nb - 2, nb))
+    scores = jnp.where(legal_random_blocks(nb), scores, -1.0)
+    _, idx = jax.lax.top_k(scores, num_random_blocks)
+    return idx.astype(jnp.int32)
+
+
+def gather_blocks(
+    x: Float[Array, "heads nb bs dim"], plan: Int[Array, "heads rows r"]
+) -> Float[Array, "heads rows rbs dim"]:
+    """The random key (or value) blocks of every query row, `(heads, nb-2, r*bs, dim)`."""
+    heads, rows, r = plan.shape
+    gathered = jax.vmap(lambda xh, ph: xh[ph])(x, plan)
+    return gathered.reshape(heads, rows, r * x.shape[2], x.shape[3])
+
+
+def _softmax_attend(scores, values):
+    probs = jax.nn.softmax(scores, axis=-1)
+    return jnp.einsum("...qk,...kd->...qd", probs, values), probs
+
+
+def block_sparse_attention(
+    q: Float[Array, "heads seq dim"],
+    k: Float[Array, "heads seq dim"],
+    v: Float[Array, "heads seq dim"],
+    mask: Real[Array, " seq"],
+    plan: Int[Array, "heads rows r"],
+    *,
+    block_size: int,
+    return_probs: bool = False,
+) -> tuple[Float[Array, "heads seq dim"], Float[Array, "heads seq seq"] | None]:
+    """BigBird block-sparse attention of one example, exactly as HF computes it.
+
+    **Arguments:**
+    - `q`, `k`, `v`: per-head queries, keys, values; `seq` a multiple of `block_size`, >= 5 blocks.
+    - `mask`: 1 for real tokens, 0 for padding.
+    - `plan`: random key blocks per head and query block 1..nb-2 (`eval_plan` / `random_plan`).
+    - `return_probs`: also return the dense `(heads, seq, seq)` attention map (costs O(seq^2)).
+
+    **Returns:** `(context, probs)`; padded query rows of `context` are zero (HF's `from_mask`).
+    """
+    heads, seq, dim = q.shape
+    bs = block_size
+    nb = num_blocks(seq, bs)
+    _check_block_count(nb, bs)
+    if plan.shape[:2] != (heads, nb - 2):
+        raise ValueError(f"plan has shape {plan.shape}, expected ({heads}, {nb - 2}, r)")
+    r = plan.shape[2]
+    dtype = q.dtype
+    rsqrt_d = 1.0 / jnp.sqrt(jnp.asarray(dim, dtype))
+    mask = mask.astype(dtype)
+    blocked, band = block_masks(mask, bs)
+    blocked, band = blocked.astype(dtype), band.astype(dtype)
+    rand_mask = random_block_mask(blocked, plan)
+
+    def penalty(m):
+        return (1.0 - m) * MASK_PENALTY
+
+    qb = q.reshape(heads, nb, bs, dim)
+    kb = k.reshape(heads, nb, bs, dim)
+    vb = v.reshape(heads, nb, bs, dim)
+    gk = gather_blocks(kb, plan)
+    gv = gather_blocks(vb, plan)
+
+    # Parts 1 and 5: the global query blocks attend every key.
+    glob_q = jnp.stack([qb[:, 0], qb[:, -1]], axis=1)  # (heads, 2, bs, dim)
+    glob_scores = jnp.einsum("hgqd,hkd->hgqk", glob_q, k) * rsqrt_d + penalty(mask)
+    glob_ctx, glob_probs = _softmax_attend(glob_scores, v[:, None])
+
+    # Parts 2 and 4: query blocks 1 and nb-2, keys [k0, k1, k2, k_last, rand] and
+    # [k0, k-3, k-2, k-1, rand].
+    def edge_part(row, key_blocks, rand_row):
+        keys = jnp.concatenate([kb[:, key_blocks].reshape(heads, 4 * bs, dim), gk[:, rand_row]], 1)
+        vals = jnp.concatenate([vb[:, key_blocks].reshape(heads, 4 * bs, dim), gv[:, rand_row]], 1)
+        seq_mask = jnp.broadcast_to(blocked[key_blocks].reshape(1, 1, 4 * bs), (heads, bs, 4 * bs))
+        m = jnp.concatenate([seq_mask, rand_mask[:, rand_row]], axis=-1)
+        scores = jnp.einsum("hqd,hkd->hqk", qb[:, row], keys) * rsqrt_d + penalty(m)
+        return _softmax_attend(scores, vals)
+
+    second_ctx, second_probs = edge_part(1, jnp.array([0, 1, 2, nb - 1]), 0)
+    second_last_ctx, second_last_probs = edge_part(
+        nb - 2, jnp.array([0, nb - 3, nb - 2, nb - 1]), -1
+    )
+
+    # Part 3: query blocks 2..nb-3, keys [k0, window (3 blocks), rand (r blocks), k_last] in one
+    # score matrix per block, as HF's `band_product`.
+    m4 = nb - 4
+
+    def middle_layout(xb, gathered):
+        first = jnp.broadcast_to(xb[:, :1], (heads, m4, bs, dim))
+        last = jnp.broadcast_to(xb[:, -1:], (heads, m4, bs, dim))
+        window = jnp.concatenate([xb[:, 1:-3], xb[:, 2:-2], xb[:, 3:-1]], axis=2)
+        return jnp.concatenate([first, window, gathered[:, 1:-1], last], axis=2)
+
+    mid_keys = middle_layout(kb, gk)
+    mid_vals = middle_layout(vb, gv)
+    mid_mask = jnp.concatenate(
+        [
+            jnp.broadcast_to(blocked[0], (heads, m4, bs, bs)),
+            jnp.broadcast_to(band, (heads, m4, bs, 3 * bs)),
+            rand_mask[:, 1:-1],
+            jnp.broadcast_to(blocked[-1], (heads, m4, bs, bs)),
+        ],
+        axis=-1,
+    )
+    mid_scores = jnp.einsum("hlqd,hlkd->hlqk", qb[:, 2:-2], mid_keys) * rsqrt_d
+    mid_ctx, mid_probs = _softmax_attend(mid_scores + penalty(mid_mask), mid_vals)
+
+    ctx = jnp.concatenate(
+        [glob_ctx[:, :1], second_ctx[:, None], mid_ctx, second_last_ctx[:, None], glob_ctx[:, 1:]],
+        axis=1,
+    ).reshape(heads, seq, dim)
+    ctx = ctx * mask[None, :, None]
+
+    if not return_probs:
+        return ctx, None
+    rows = jnp.concatenate(
+        [
+            jnp.pad(second_probs, ((0, 0), (0, 0), (0, bs)))[:, None],
+            mid_probs,
+            jnp.pad(second_last_probs, ((0, 0), (0, 0), (0, bs)))[:, None],
+        ],
+        axis=1,
+    )  # (heads, nb-2, bs, (5+r)*bs); edge rows have one unused (zero) key block at the end
+    dense_rows = _scatter_key_blocks(rows, block_key_indices(plan, nb), nb)
+    probs = jnp.concatenate(
+        [glob_probs[:, 0], dense_rows.reshape(heads, (nb - 2) * bs, seq), glob_probs[:, 1]], axis=1
+    )
+    return ctx, probs
+
+
+def block_key_indices(plan: Int[Array, "heads rows r"], nb: int) -> Int[Array, "heads rows keys"]:
+    """For each head and query block 1..nb-2, the key blocks in HF's order (`5 + r` per row).
+
+    Row 1: [0, 1, 2, nb-1, rand..., pad]; middle row i: [0, i-1, i, i+1, rand..., nb-1];
+    row nb-2: [0, nb-3, nb-2, nb-1, rand..., pad]. `pad` (= -1) marks the unused slot of the two
+    edge rows, which have 4 + r key blocks.
+    """
+    heads, rows, r = plan.shape
+    i = jnp.arange(2, nb - 2)
+    middle_fixed = jnp.stack([jnp.zeros_like(i), i - 1, i, i + 1], axis=1)
+    fixed = jnp.concatenate(
+        [jnp.array([[0, 1, 2, nb - 1]]), middle_fixed, jnp.array([[0, nb - 3, nb - 2, nb - 1]])]
+    )
+    tail = jnp.full((rows, 1), nb - 1).at[0].set(-1).at[-1].set(-1)
+    fixed = jnp.broadcast_to(fixed, (heads, rows, 4))
+    tail = jnp.broadcast_to(tail, (heads, rows, 1))
+    return jnp.concatenate([fixed, plan, tail], axis=2).astype(jnp.int32)
+
+
+def _scatter_key_blocks(rows, key_idx, nb):
+    """Sums per-key-block weights `(h, rows, bs, keys*bs)` into dense `(h, rows, bs, nb*bs)`."""
+    heads, nrows, bs, _ = rows.shape
+    one_hot = jax.nn.one_hot(key_idx, nb, dtype=rows.dtype)  # -1 -> all zeros
+    dense = jnp.einsum(
+        "hrqkb,hrkn->hrqnb", rows.reshape(heads, nrows, bs, -1, bs), one_hot
+    )
+    return dense.reshape(heads, nrows, bs, nb * bs)
+
+
+def attention_pattern(
+    plan: Int[Array, "heads rows r"], seq_len: int, block_size: int
+) -> Bool[Array, "heads seq seq"]:
+    """Which (query, key) pairs each head attends under `plan`, before padding masks: for plots."""
+    heads = plan.shape[0]
+    nb = num_blocks(seq_len, block_size)
+    _check_block_count(nb, block_size)
+    ones = jnp.ones((heads, nb - 2, block_size, (5 + plan.shape[2]) * block_size))
+    rows = _scatter_key_blocks(ones, block_key_indices(plan, nb), nb) > 0
+    glob = jnp.ones((heads, block_size, seq_len), bool)
+    return jnp.concatenate([glob, rows.reshape(heads, -1, seq_len), glob], axis=1)
+
+
+def full_attention(
+    q: Float[Array, "heads qseq dim"],
+    k: Float[Array, "heads kseq dim"],
+    v: Float[Array, "heads kseq dim"],
+    mask: Real[Array, " kseq"] | Real[Array, "qseq kseq"] | None = None,
+    *,
+    dropout_rate: float = 0.0,
+    key: PRNGKeyArray | None = None,
+) -> tuple[Float[Array, "heads qseq dim"], Float[Array, "heads qseq kseq"]]:
+    """Dense softmax attention as HF BigBird's `original_full` computes it.
+
+    Masked keys get `finfo(dtype).min` added (HF's full-attention mask value). With a `key` and
+    `dropout_rate > 0` the probabilities are dropped out (inverted dropout), as in HF training.
+    **Returns:** `(context, probs)`, the probs before dropout.
+    """
+    dim = q.shape[-1]
+    scores = jnp.einsum("hqd,hkd->hqk", q, k) * (1.0 / jnp.sqrt(jnp.asarray(dim, q.dtype)))
+    if mask is not None:
+        bias = (1.0 - mask.astype(q.dtype)) * jnp.finfo(q.dtype).min
+        scores = scores + (bias[None, None, :] if mask.ndim == 1 else bias[None])
+    probs = jax.nn.softmax(scores, axis=-1)
+    dropped = probs
+    if key is not None and dropout_rate > 0.0:
+        keep = jax.random.bernoulli(key, 1.0 - dropout_rate, probs.shape)
+        dropped = jnp.where(keep, probs / (1.0 - dropout_rate), 0.0)
+    return jnp.einsum("hqk,hkd->hqd", dropped, v), probs
