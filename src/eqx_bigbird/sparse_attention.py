@@ -177,7 +177,7 @@ def block_sparse_attention(
 
     # Parts 1 and 5: the global query blocks attend every key.
     glob_q = jnp.stack([qb[:, 0], qb[:, -1]], axis=1)  # (heads, 2, bs, dim)
-    glob_scores = jnp.einsum("hgqd,hkd->hgqk", glob_q, k) * rsqrt_d + penalty(mask)
+    glob_scores = jnp.einsum("hgqd,hkd->hgqk", glob_q, k) * rsqrt_d + penalty(mask)[None, None, None]
     glob_ctx, glob_probs = _softmax_attend(glob_scores, v[:, None])
 
     # Parts 2 and 4: query blocks 1 and nb-2, keys [k0, k1, k2, k_last, rand] and

@@ -1,0 +1,3 @@
+"""Datasets: Long Range Arena's ListOps (`eqx_bigbird.data.listops`)."""
+
+from . import listops as listops
