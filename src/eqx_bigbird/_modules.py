@@ -501,7 +501,7 @@ class BigBirdModel(eqx.Module):
         if pad:
             # Padding is masked out as keys and zeroed as queries, so its ids and positions do not
             # reach the real tokens' outputs (HF PT pads ids with pad_token_id, type ids with 0).
-            pad_id = c.pad_token_id if c.pad_token_id is not None else 0
+            pad_id = c.pad_token_id if c.pad_token_id is not None and c.pad_token_id < c.vocab_size else 0
             input_ids = jnp.pad(input_ids, (0, pad), constant_values=pad_id)
             token_type_ids = jnp.pad(token_type_ids, (0, pad))
             last = min(padded, c.max_position_embeddings)
