@@ -1,5 +1,6 @@
 """eqx-bigbird: BigBird (block-sparse attention for long sequences) in JAX + Equinox."""
 
+from . import data as data
 from . import sparse_attention as sparse_attention
 from ._checkpoint import CheckpointError as CheckpointError
 from ._checkpoint import LoadReport as LoadReport
@@ -13,5 +14,10 @@ from ._modules import BigBirdModel as BigBirdModel
 from ._modules import BigBirdModelOutput as BigBirdModelOutput
 from ._modules import BlockSparseSelfAttention as BlockSparseSelfAttention
 from ._modules import FullSelfAttention as FullSelfAttention
+from ._tokenizer import BatchEncoding as BatchEncoding
+from ._tokenizer import Encoding as Encoding
+from ._tokenizer import Tokenizer as Tokenizer
+from ._tokenizer import char_span_to_token_span as char_span_to_token_span
+from ._tokenizer import token_span_to_text as token_span_to_text
 
 __version__ = "0.1.0"
