@@ -274,7 +274,9 @@ def test_running_needs_no_torch_flax_or_transformers(tmp_path):
             module = getattr(module, part)
         for i in range(CONFIG.num_hidden_layers):
             for leaf in ("weight", "bias"):
-                state[f"{theirs.format(i=i)}.{leaf}"] = getattr(module, leaf)[i]
+                # Written the way HF's base class saves: without the `bert.` prefix.
+                name = theirs.format(i=i).removeprefix("bert.")
+                state[f"{name}.{leaf}"] = getattr(module, leaf)[i]
     save_file({k: np.asarray(v) for k, v in state.items()}, str(tmp_path / "model.safetensors"))
     CONFIG.save(tmp_path / "config.json")
     code = f"""

@@ -29,22 +29,31 @@ FLAX_MSGPACK = "flax_model.msgpack"
 
 # Our module path -> HF (PyTorch) module path, for the encoder. `{i}` marks the stacked layer axis:
 # our leaf `encoder.layers.X` of shape (layers, ...) is HF's `encoder.layer.{i}.Y` for every i.
-# Leaf names (weight, bias) are the same on both sides.
+# Leaf names (weight, bias) are the same on both sides. HF names are canonicalised with the
+# `bert.` prefix that its head classes use (see `canonical_names`), so one map serves the base
+# model and every head: a head holding the encoder as `bert` maps `bert.<ours>` -> `bert.<HF>`.
 ENCODER_NAMES: dict[str, str] = {
-    "embeddings.word_embeddings": "embeddings.word_embeddings",
-    "embeddings.position_embeddings": "embeddings.position_embeddings",
-    "embeddings.token_type_embeddings": "embeddings.token_type_embeddings",
-    "embeddings.layer_norm": "embeddings.LayerNorm",
-    "encoder.layers.attention.query": "encoder.layer.{i}.attention.self.query",
-    "encoder.layers.attention.key": "encoder.layer.{i}.attention.self.key",
-    "encoder.layers.attention.value": "encoder.layer.{i}.attention.self.value",
-    "encoder.layers.attention_output": "encoder.layer.{i}.attention.output.dense",
-    "encoder.layers.attention_norm": "encoder.layer.{i}.attention.output.LayerNorm",
-    "encoder.layers.intermediate": "encoder.layer.{i}.intermediate.dense",
-    "encoder.layers.output": "encoder.layer.{i}.output.dense",
-    "encoder.layers.output_norm": "encoder.layer.{i}.output.LayerNorm",
-    "pooler": "pooler",
+    "embeddings.word_embeddings": "bert.embeddings.word_embeddings",
+    "embeddings.position_embeddings": "bert.embeddings.position_embeddings",
+    "embeddings.token_type_embeddings": "bert.embeddings.token_type_embeddings",
+    "embeddings.layer_norm": "bert.embeddings.LayerNorm",
+    "encoder.layers.attention.query": "bert.encoder.layer.{i}.attention.self.query",
+    "encoder.layers.attention.key": "bert.encoder.layer.{i}.attention.self.key",
+    "encoder.layers.attention.value": "bert.encoder.layer.{i}.attention.self.value",
+    "encoder.layers.attention_output": "bert.encoder.layer.{i}.attention.output.dense",
+    "encoder.layers.attention_norm": "bert.encoder.layer.{i}.attention.output.LayerNorm",
+    "encoder.layers.intermediate": "bert.encoder.layer.{i}.intermediate.dense",
+    "encoder.layers.output": "bert.encoder.layer.{i}.output.dense",
+    "encoder.layers.output_norm": "bert.encoder.layer.{i}.output.LayerNorm",
+    "pooler": "bert.pooler",
 }
+# Top-level HF module names that belong to the encoder: HF's base classes save them unprefixed.
+_ENCODER_ROOTS = ("embeddings.", "encoder.", "pooler.")
+
+
+def canonical_names(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Prefixes the encoder's keys with `bert.` where a base-model checkpoint left it out."""
+    return {("bert." + k if k.startswith(_ENCODER_ROOTS) else k): v for k, v in state.items()}
 
 
 class CheckpointError(ValueError):
@@ -202,7 +211,7 @@ def _path_str(path) -> str:
     return ".".join(parts)
 
 
-def hf_names(our_path: str, names: Mapping[str, str]) -> str:
+def hf_name_of(our_path: str, names: Mapping[str, str]) -> str:
     """The HF name pattern of one of our leaves (longest matching module prefix wins)."""
     for prefix in sorted(names, key=len, reverse=True):
         if our_path == prefix or our_path.startswith(prefix + "."):
@@ -225,7 +234,7 @@ def fill_from_state(skeleton, state: dict[str, np.ndarray], names: Mapping[str, 
             filled.append(leaf)
             continue
         ours = _path_str(path)
-        pattern = hf_names(ours, names)
+        pattern = hf_name_of(ours, names)
         keys = [pattern.format(i=i) for i in range(num_layers)] if "{i}" in pattern else [pattern]
         absent = [k for k in keys if k not in state]
         if absent:
@@ -261,11 +270,6 @@ def fill_from_state(skeleton, state: dict[str, np.ndarray], names: Mapping[str, 
     return model, report
 
 
-def _strip_prefix(state: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
-    """Drops `prefix` where present (HF head checkpoints nest the encoder under `bert.`)."""
-    return {k[len(prefix) :] if k.startswith(prefix) else k: v for k, v in state.items()}
-
-
 def from_pretrained(
     cls,
     path: str | os.PathLike,
@@ -278,6 +282,9 @@ def from_pretrained(
 ):
     """Builds `cls` from a local HF directory; see `BigBirdModel.from_pretrained`.
 
+    `cls` provides `hf_names(config) -> {our module path: HF module path}` (canonical HF names,
+    see `ENCODER_NAMES`) and is built as `cls(config, key=key, **model_kwargs)`.
+
     - `allow_init`: leaves missing from the checkpoint are initialised (from `key`) and reported,
       instead of raising `CheckpointError`.
     - `config_overrides`: fields to change in the read config (e.g. `attention_type`).
@@ -287,12 +294,12 @@ def from_pretrained(
     if config_overrides:
         config = config.replace(**config_overrides)
     state, source = read_hf_weights(path)
-    state = _strip_prefix(state, "bert.")
+    state = canonical_names(state)
     key = jr.PRNGKey(0) if key is None else key
     skeleton = eqx.filter_eval_shape(cls, config, key=key, **model_kwargs)
     init = cls(config, key=key, **model_kwargs) if allow_init else None
     model, report = fill_from_state(
-        skeleton, state, ENCODER_NAMES, num_layers=config.num_hidden_layers, init=init,
+        skeleton, state, cls.hf_names(config), num_layers=config.num_hidden_layers, init=init,
         source=source,
     )
     if report.initialised:

@@ -547,6 +547,13 @@ class BigBirdModel(eqx.Module):
             attentions=attentions if output_attentions else None,
         )
 
+    @staticmethod
+    def hf_names(config: BigBirdConfig) -> dict[str, str]:
+        """Our module paths -> HF module paths (canonical `bert.`-prefixed names)."""
+        from ._checkpoint import ENCODER_NAMES
+
+        return dict(ENCODER_NAMES)
+
     @classmethod
     def from_pretrained(cls, path, **kwargs) -> "BigBirdModel":
         """Loads a local HF BigBird directory (`config.json` + `model.safetensors` or
