@@ -1,0 +1,311 @@
+"""Side-by-side benchmark: eqx-bigbird vs HF Flax BigBird, same weights, same inputs, one run.
+
+    python -m benchmarks.run                 # full run: bigbird-roberta-base dims, CPU, f32
+    python -m benchmarks.run --quick         # small dims, two lengths (the CI smoke test)
+
+Every measurement runs in a fresh subprocess (so peak memory does not mix) and reports compile
+time, the median of `--reps` steady-state runs after a warm-up, and peak resident memory. The
+parent also measures the machine's f32 matmul rate, turns times into achieved FLOP/s with the FLOP
+model of `shared/reference/performance.md` section 4, and writes results.json, results.md and
+results.png into `--out`.
+"""
+
+import argparse
+import dataclasses
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+BASE = dict(
+    vocab_size=50358, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+    intermediate_size=3072, block_size=64, num_random_blocks=3, max_position_embeddings=16384,
+)
+QUICK = dict(
+    vocab_size=1000, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+    intermediate_size=128, block_size=16, num_random_blocks=2, max_position_embeddings=1024,
+)
+FULL_ATTENTION_MAX = 8192  # dense n^2 scores beyond this do not fit the 24 GB machine
+
+
+@dataclasses.dataclass
+class Job:
+    impl: str  # "ours" | "hf"
+    mode: str  # "forward" | "train"
+    attention: str  # "block_sparse" | "original_full"
+    length: int
+
+
+# -- FLOP model ------------------------------------------------------------------------------------
+
+
+def forward_flops(cfg: dict, n: int, attention: str) -> float:
+    """Encoder forward FLOPs (FMA = 2), per performance.md section 4."""
+    d, layers = cfg["hidden_size"], cfg["num_hidden_layers"]
+    dense = 8 * n * d * d + 4 * n * d * cfg["intermediate_size"]  # q, k, v, out; FFN
+    b, r = cfg["block_size"], cfg["num_random_blocks"]
+    uses_sparse = attention == "block_sparse" and n > (5 + 2 * r) * b
+    if uses_sparse:
+        nb = n // b
+        pairs = 2 * b * n + 2 * b * (4 + r) * b + (nb - 4) * b * (5 + r) * b
+        attn = 4 * pairs * d
+    else:
+        attn = 4 * n * n * d
+    return layers * (dense + attn)
+
+
+def train_flops(cfg: dict, n: int, attention: str, masked: int) -> float:
+    """Forward + backward ~ 3x forward, plus the MLM head at the masked positions only."""
+    d, v = cfg["hidden_size"], cfg["vocab_size"]
+    head = 2 * masked * d * d + 2 * masked * d * v
+    return 3 * (forward_flops(cfg, n, attention) + head)
+
+
+# -- child process: one measurement ----------------------------------------------------------------
+
+
+def _timed(fn, reps):
+    import jax
+
+    jax.block_until_ready(fn())  # warm-up
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), times
+
+
+def _peak_rss_gb():
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # KiB on Linux
+
+
+def _inputs(cfg, n, seed=0):
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    return rng.integers(5, cfg["vocab_size"], (n,)).astype(np.int32)
+
+
+def child(job: Job, cfg: dict, checkpoint: str | None, reps: int) -> dict:
+    import jax
+    import jax.numpy as jnp
+
+    ids = _inputs(cfg, job.length)
+    overrides = {"attention_type": job.attention}
+    if job.impl == "ours":
+        import equinox as eqx
+        import jax.random as jr
+
+        import eqx_bigbird as eb
+
+        if checkpoint:
+            model = eb.BigBirdModel.from_pretrained(checkpoint, config_overrides=overrides)
+        else:
+            config = eb.BigBirdConfig(**cfg, **overrides)
+            model = eqx.nn.inference_mode(eb.BigBirdModel(config, key=jr.PRNGKey(0)))
+        params, static = eqx.partition(model, eqx.is_array)
+
+        def forward(p, x):
+            return eqx.combine(p, static)(x).last_hidden_state
+
+        args = (params, jnp.asarray(ids))
+    else:
+        import transformers
+
+        from .hf import lenient
+
+        with lenient():
+            config = transformers.BigBirdConfig(**cfg, **overrides)
+            model = transformers.FlaxBigBirdModel.from_pretrained(checkpoint, config=config)
+
+        def forward(p, x):
+            with lenient():
+                return model(x[None], params=p).last_hidden_state[0]
+
+        args = (model.params, jnp.asarray(ids))
+
+    t0 = time.perf_counter()
+    compiled = jax.jit(forward).lower(*args).compile()
+    compile_s = time.perf_counter() - t0
+    median, times = _timed(lambda: compiled(*args), reps)
+    return dict(compile_s=compile_s, median_s=median, times_s=times, peak_rss_gb=_peak_rss_gb())
+
+
+def matmul_rate(reps=5) -> float:
+    """Measured f32 GEMM rate (FLOP/s) of this machine: 4096x768 @ 768x3072, as the FFN does."""
+    import jax
+    import jax.numpy as jnp
+
+    a = jnp.ones((4096, 768), jnp.float32)
+    b = jnp.ones((768, 3072), jnp.float32)
+    f = jax.jit(lambda a, b: a @ b)
+    median, _ = _timed(lambda: f(a, b), reps)
+    return 2 * 4096 * 768 * 3072 / median
+
+
+# -- parent -----------------------------------------------------------------------------------------
+
+
+def _make_checkpoint(cfg: dict, folder: str) -> str | None:
+    """HF Flax random weights saved with `save_pretrained`; both sides load them."""
+    try:
+        import transformers
+    except ImportError:
+        return None
+    from .hf import lenient
+
+    with lenient():
+        config = transformers.BigBirdConfig(**cfg)
+        model = transformers.FlaxBigBirdModel(config, seed=0, input_shape=(1, 16 * cfg["block_size"]))
+        model.save_pretrained(folder)
+    return folder
+
+
+def _run_child(job, cfg, checkpoint, reps, timeout):
+    cmd = [sys.executable, "-m", "benchmarks.run", "--child", json.dumps(
+        dict(job=dataclasses.asdict(job), cfg=cfg, checkpoint=checkpoint, reps=reps)
+    )]
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:
+        return dict(error=f"timed out after {timeout} s")
+    if out.returncode != 0:
+        return dict(error=(out.stderr.strip().splitlines() or ["?"])[-1][:300])
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _markdown(rows, rate):
+    lines = [
+        f"Machine f32 matmul rate: {rate / 1e9:.1f} GFLOP/s",
+        "",
+        "| impl | mode | attention | tokens | compile s | median s | ms/token | GFLOP/s | % matmul | peak GB |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        if "error" in r:
+            lines.append(
+                f"| {r['impl']} | {r['mode']} | {r['attention']} | {r['length']} | "
+                f"{r['error']} | | | | | |"
+            )
+            continue
+        lines.append(
+            f"| {r['impl']} | {r['mode']} | {r['attention']} | {r['length']} | "
+            f"{r['compile_s']:.1f} | {r['median_s']:.3f} | {1e3 * r['median_s'] / r['length']:.3f} | "
+            f"{r['gflops']:.1f} | {100 * r['fraction_of_matmul']:.0f}% | {r['peak_rss_gb']:.2f} |"
+        )
+    ratios = _ratios(rows)
+    if ratios:
+        lines += ["", "| mode | attention | tokens | ours / HF throughput |", "|---|---|---|---|"]
+        lines += [f"| {m} | {a} | {n} | {x:.2f}x |" for (m, a, n), x in sorted(ratios.items())]
+    return "\n".join(lines) + "\n"
+
+
+def _ratios(rows):
+    by = {(r["impl"], r["mode"], r["attention"], r["length"]): r for r in rows if "error" not in r}
+    return {
+        (m, a, n): by[("hf", m, a, n)]["median_s"] / r["median_s"]
+        for (impl, m, a, n), r in by.items()
+        if impl == "ours" and ("hf", m, a, n) in by
+    }
+
+
+def _plot(rows, path):
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for impl in ("ours", "hf"):
+        for attention, style in (("block_sparse", "-"), ("original_full", "--")):
+            pts = sorted(
+                (r["length"], 1e3 * r["median_s"] / r["length"])
+                for r in rows
+                if r["impl"] == impl and r["attention"] == attention and r["mode"] == "forward"
+                and "error" not in r
+            )
+            if pts:
+                label = f"{'eqx-bigbird' if impl == 'ours' else 'HF Flax'} {attention}"
+                ax.plot(*zip(*pts), style, marker="o", label=label,
+                        color="tab:blue" if impl == "ours" else "tab:orange")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("sequence length (tokens)")
+    ax.set_ylabel("forward time per token (ms)")
+    ax.set_title("BigBird forward, batch 1, float32, CPU")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="small dims, two lengths, two reps")
+    p.add_argument("--out", default="benchmark-results")
+    p.add_argument("--lengths", type=int, nargs="*")
+    p.add_argument("--attention", nargs="*", default=["block_sparse", "original_full"])
+    p.add_argument("--impls", nargs="*", default=["ours", "hf"])
+    p.add_argument("--reps", type=int)
+    p.add_argument("--timeout", type=int, default=3600, help="seconds per measurement")
+    p.add_argument("--child", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+
+    if args.child:
+        spec = json.loads(args.child)
+        result = child(Job(**spec["job"]), spec["cfg"], spec["checkpoint"], spec["reps"])
+        print(json.dumps(result))
+        return 0
+
+    cfg = QUICK if args.quick else BASE
+    lengths = args.lengths or ([256, 512] if args.quick else [1024, 4096, 8192, 16384])
+    reps = args.reps or (2 if args.quick else 3)
+    os.makedirs(args.out, exist_ok=True)
+    rate = matmul_rate()
+    print(f"f32 matmul rate: {rate / 1e9:.1f} GFLOP/s", flush=True)
+    impls = list(args.impls)
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint = _make_checkpoint(cfg, tmp)
+        if checkpoint is None and "hf" in impls:
+            print("transformers/flax not installed: measuring eqx-bigbird only", flush=True)
+            impls.remove("hf")
+        jobs = [
+            Job(impl, "forward", attention, n)
+            for n in lengths
+            for attention in args.attention
+            for impl in impls
+            if attention == "block_sparse" or n <= FULL_ATTENTION_MAX
+        ]
+        rows = []
+        for i, job in enumerate(jobs, 1):
+            print(f"[{i}/{len(jobs)}] {job}", flush=True)
+            result = _run_child(job, cfg, checkpoint, reps, args.timeout)
+            row = {**dataclasses.asdict(job), **result}
+            if "error" not in row:
+                flops = forward_flops(cfg, job.length, job.attention)
+                row["gflops"] = flops / row["median_s"] / 1e9
+                row["fraction_of_matmul"] = flops / row["median_s"] / rate
+            print("   ", {k: v for k, v in row.items() if k != "times_s"}, flush=True)
+            rows.append(row)
+    summary = dict(config=cfg, matmul_flops_per_s=rate, rows=rows,
+                   ratios={"/".join(map(str, k)): v for k, v in _ratios(rows).items()})
+    with open(os.path.join(args.out, "results.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    with open(os.path.join(args.out, "results.md"), "w") as f:
+        f.write(_markdown(rows, rate))
+    _plot(rows, os.path.join(args.out, "results.png"))
+    print(_markdown(rows, rate))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
