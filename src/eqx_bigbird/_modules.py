@@ -1,6 +1,7 @@
 """The BigBird encoder: embeddings, self-attention kinds, the scanned layer stack, the model."""
 
 import abc
+import warnings
 
 import equinox as eqx
 import jax
@@ -174,6 +175,44 @@ class FullSelfAttention(AbstractSelfAttention):
         ctx, probs = self._full(x, mask, head_mask, key, inference)
         return _finish(ctx, probs, head_mask, output_attentions)
 
+    def attend(
+        self,
+        x: Float[Array, "seq hidden"],
+        states: Float[Array, "kseq hidden"],
+        mask: Real[Array, "seq kv"] | Real[Array, " kv"],
+        *,
+        cache: tuple[Float[Array, "heads kv dim"], Float[Array, "heads kv dim"]] | None = None,
+        cache_index: Int[Array, ""] | None = None,
+        head_mask: Float[Array, " heads"] | None = None,
+        key: PRNGKeyArray | None = None,
+        inference: bool = False,
+        output_attentions: bool = False,
+    ):
+        """Queries from `x`, keys and values from `states` (`x` itself for decoder
+        self-attention, the encoder's states for cross-attention).
+
+        With `cache` (keys and values of `kv` slots), the new keys/values are written at
+        `cache_index` and the queries attend over all slots; `mask` must then hide the slots not
+        yet written (the decoder's causal mask does).
+
+        **Returns:** `(context (seq, hidden), probs (heads, seq, kv) or None, updated cache)`.
+        """
+
+        def project(linear, y):
+            return _apply(linear, y).reshape(y.shape[0], self.num_heads, -1).transpose(1, 0, 2)
+
+        q, k, v = project(self.query, x), project(self.key, states), project(self.value, states)
+        if cache is not None:
+            start = (jnp.zeros((), jnp.int32), cache_index, jnp.zeros((), jnp.int32))
+            k = jax.lax.dynamic_update_slice(cache[0], k.astype(cache[0].dtype), start)
+            v = jax.lax.dynamic_update_slice(cache[1], v.astype(cache[1].dtype), start)
+            cache = (k, v)
+        ctx, probs = sa.full_attention(
+            q, k, v, mask, dropout_rate=0.0 if inference else self.attention_dropout, key=key
+        )
+        merged, probs = _finish(ctx, probs, head_mask, output_attentions)
+        return merged, probs, cache
+
 
 class BlockSparseSelfAttention(AbstractSelfAttention):
     """HF's `block_sparse` (BigBird ITC), see `eqx_bigbird.sparse_attention`.
@@ -224,7 +263,7 @@ class BlockSparseSelfAttention(AbstractSelfAttention):
         nb = sa.num_blocks(seq, self.block_size)
         if plan is None:
             if inference:
-                plan = sa.eval_plan(self.num_heads, nb, self.num_random_blocks)
+                plan = self.num_random_blocks  # HF's eval plan, without its duplicate blocks
             else:
                 if key is None:
                     raise ValueError("block-sparse attention in training needs a `key`")
@@ -239,6 +278,32 @@ class BlockSparseSelfAttention(AbstractSelfAttention):
 _ATTENTION_KINDS = {"original_full": FullSelfAttention, "block_sparse": BlockSparseSelfAttention}
 
 
+def is_decoder_config(config: BigBirdConfig) -> bool:
+    return config.is_decoder or config.add_cross_attention
+
+
+def attention_kind(config: BigBirdConfig) -> type[AbstractSelfAttention]:
+    """The self-attention class a config runs. Decoders always run full attention: block-sparse
+    attention has global and random blocks that see later tokens, so it cannot be causal, and its
+    blocked layout cannot attend to a key/value cache or to encoder states."""
+    if is_decoder_config(config):
+        return FullSelfAttention
+    return _ATTENTION_KINDS[config.attention_type]
+
+
+def check_decoder_config(config: BigBirdConfig) -> None:
+    """HF's rules for decoder configs; warns where we switch block-sparse to full attention."""
+    if config.add_cross_attention and not config.is_decoder:
+        raise ValueError("add_cross_attention=True needs is_decoder=True (as in HF BigBird)")
+    if is_decoder_config(config) and config.attention_type == "block_sparse":
+        warnings.warn(
+            "BigBird decoder (is_decoder/add_cross_attention) with attention_type='block_sparse': "
+            "using full (causal) attention, since block-sparse attention cannot be causal, cached "
+            "or cross-attend (same weights; HF PyTorch switches likewise for cross-attention)",
+            stacklevel=3,
+        )
+
+
 class BigBirdLayer(eqx.Module):
     """One post-LayerNorm transformer layer: attention, then the feed-forward block."""
 
@@ -249,12 +314,22 @@ class BigBirdLayer(eqx.Module):
     output: eqx.nn.Linear
     output_norm: eqx.nn.LayerNorm
     dropout: eqx.nn.Dropout
+    crossattention: FullSelfAttention | None
+    crossattention_output: eqx.nn.Linear | None
+    crossattention_norm: eqx.nn.LayerNorm | None
     hidden_act: str = eqx.field(static=True)
 
     def __init__(self, config: BigBirdConfig, *, key: PRNGKeyArray):
         ka, ko, ki, kf = jr.split(key, 4)
         h, i, std = config.hidden_size, config.intermediate_size, config.initializer_range
-        self.attention = _ATTENTION_KINDS[config.attention_type](config, key=ka)
+        self.attention = attention_kind(config)(config, key=ka)
+        if config.add_cross_attention:
+            kc, kco = jr.split(jr.fold_in(key, 1))
+            self.crossattention = FullSelfAttention(config, key=kc)
+            self.crossattention_output = _normal_linear(h, h, std=std, key=kco)
+            self.crossattention_norm = eqx.nn.LayerNorm(h, eps=config.layer_norm_eps)
+        else:
+            self.crossattention = self.crossattention_output = self.crossattention_norm = None
         self.attention_output = _normal_linear(h, h, std=std, key=ko)
         self.attention_norm = eqx.nn.LayerNorm(h, eps=config.layer_norm_eps)
         self.intermediate = _normal_linear(h, i, std=std, key=ki)
@@ -266,24 +341,59 @@ class BigBirdLayer(eqx.Module):
     def __call__(
         self,
         x: Float[Array, "seq hidden"],
-        mask: Real[Array, " seq"],
+        mask: Real[Array, " seq"] | Real[Array, "seq kv"],
         *,
         head_mask: Float[Array, " heads"] | None = None,
         plan: Int[Array, "heads rows r"] | None = None,
         key: PRNGKeyArray | None = None,
         inference: bool = False,
         output_attentions: bool = False,
-    ) -> tuple[Float[Array, "seq hidden"], Float[Array, "heads seq seq"] | None]:
+        encoder_hidden_states: Float[Array, "enc_seq hidden"] | None = None,
+        encoder_mask: Real[Array, " enc_seq"] | None = None,
+        cache: tuple[Float[Array, "heads kv dim"], Float[Array, "heads kv dim"]] | None = None,
+        cache_index: Int[Array, ""] | None = None,
+    ):
+        """One layer. `mask` is `(seq,)` for an encoder and `(seq, kv)` (causal, over the cache
+        slots when `cache` is given) for a decoder.
+
+        **Returns:** `(hidden, self-attention probs, cross-attention probs, updated cache)`, the
+        probs `None` unless `output_attentions`, the cache `None` unless given.
+        """
         k_attn, k_drop1, k_drop2 = split_key(key, 3)
-        ctx, probs = self.attention(
-            x, mask, head_mask=head_mask, plan=plan, key=k_attn, inference=inference,
-            output_attentions=output_attentions,
-        )
+        if isinstance(self.attention, FullSelfAttention):
+            if plan is not None:
+                raise ValueError("a random-block plan was given to full attention")
+            ctx, probs, cache = self.attention.attend(
+                x, x, mask, cache=cache, cache_index=cache_index, head_mask=head_mask, key=k_attn,
+                inference=inference, output_attentions=output_attentions,
+            )
+        else:
+            if cache is not None:
+                raise ValueError("block-sparse attention cannot use a key/value cache")
+            ctx, probs = self.attention(
+                x, mask, head_mask=head_mask, plan=plan, key=k_attn, inference=inference,
+                output_attentions=output_attentions,
+            )
         h = self.dropout(_apply(self.attention_output, ctx), key=k_drop1, inference=inference)
         h = _apply(self.attention_norm, h + x)
+        cross_probs = None
+        if encoder_hidden_states is not None:
+            if self.crossattention is None:
+                raise ValueError(
+                    "encoder_hidden_states given, but the layer has no cross-attention "
+                    "(config.add_cross_attention=False)"
+                )
+            # A separate key stream, so the encoder-only path draws exactly what it did before.
+            k_cross, k_drop_c = split_key(None if key is None else jr.fold_in(key, 1))
+            c, cross_probs, _ = self.crossattention.attend(
+                h, encoder_hidden_states, encoder_mask, head_mask=head_mask, key=k_cross,
+                inference=inference, output_attentions=output_attentions,
+            )
+            c = self.dropout(_apply(self.crossattention_output, c), key=k_drop_c, inference=inference)
+            h = _apply(self.crossattention_norm, c + h)
         f = _apply(self.output, ACTIVATIONS[self.hidden_act](_apply(self.intermediate, h)))
         f = self.dropout(f, key=k_drop2, inference=inference)
-        return _apply(self.output_norm, f + h), probs
+        return _apply(self.output_norm, f + h), probs, cross_probs, cache
 
 
 class BigBirdEncoder(eqx.Module):
@@ -305,7 +415,7 @@ class BigBirdEncoder(eqx.Module):
     def __call__(
         self,
         x: Float[Array, "seq hidden"],
-        mask: Real[Array, " seq"],
+        mask: Real[Array, " seq"] | Real[Array, "seq kv"],
         *,
         head_mask: Float[Array, "layers heads"] | None = None,
         plans: Int[Array, "layers heads rows r"] | None = None,
@@ -313,11 +423,18 @@ class BigBirdEncoder(eqx.Module):
         inference: bool = False,
         output_hidden_states: bool = False,
         output_attentions: bool = False,
-    ) -> tuple[
-        Float[Array, "seq hidden"],
-        Float[Array, "layers seq hidden"] | None,
-        Float[Array, "layers heads seq seq"] | None,
-    ]:
+        encoder_hidden_states: Float[Array, "enc_seq hidden"] | None = None,
+        encoder_mask: Real[Array, " enc_seq"] | None = None,
+        cache: tuple[Float[Array, "layers heads kv dim"], Float[Array, "layers heads kv dim"]]
+        | None = None,
+        cache_index: Int[Array, ""] | None = None,
+    ):
+        """Runs every layer. The decoder's cache is stacked over layers: each layer reads its slice
+        as a scan input and the updated slices come back as scan outputs.
+
+        **Returns:** `(hidden, per-layer hidden states, self-attention probs, cross-attention probs,
+        updated cache)`, the stacked extras `None` unless asked for (or given, for the cache).
+        """
         dynamic, static = eqx.partition(self.layers, eqx.is_array)
         per_layer = {"params": dynamic}
         if key is not None:
@@ -326,24 +443,56 @@ class BigBirdEncoder(eqx.Module):
             per_layer["head_mask"] = head_mask
         if plans is not None:
             per_layer["plan"] = plans
+        if cache is not None:
+            per_layer["cache"] = cache
 
         def step(h, xs):
             layer = eqx.combine(xs["params"], static)
-            h, probs = layer(
+            h, probs, cross_probs, new_cache = layer(
                 h, mask, head_mask=xs.get("head_mask"), plan=xs.get("plan"), key=xs.get("key"),
                 inference=inference, output_attentions=output_attentions,
+                encoder_hidden_states=encoder_hidden_states, encoder_mask=encoder_mask,
+                cache=xs.get("cache"), cache_index=cache_index,
             )
-            return h, (h if output_hidden_states else None, probs)
+            return h, (h if output_hidden_states else None, probs, cross_probs, new_cache)
 
         if self.scan_layers:
-            x, (hidden, attentions) = jax.lax.scan(step, x, per_layer)
+            x, (hidden, attentions, cross, new_cache) = jax.lax.scan(step, x, per_layer)
         else:
             outs = []
             for i in range(self.num_layers):
                 x, out = step(x, jax.tree_util.tree_map(lambda a: a[i], per_layer))
                 outs.append(out)
-            hidden, attentions = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *outs)
-        return x, hidden, attentions
+            hidden, attentions, cross, new_cache = jax.tree_util.tree_map(
+                lambda *a: jnp.stack(a), *outs
+            )
+        return x, hidden, attentions, cross, new_cache
+
+
+class KVCache(eqx.Module):
+    """A decoder's self-attention keys and values for incremental decoding (one example).
+
+    - `key`, `value`: `(layers, heads, max_length, head_dim)`, slots `[0, index)` filled.
+    - `mask`: `(max_length,)` float, 1 where a filled slot holds a real (unmasked) token.
+    - `index`: `()` int32, the number of positions decoded so far (the next token's position).
+
+    Cross-attention keys/values are not cached: they are recomputed from `encoder_hidden_states`
+    at each call (they do not grow with decoding).
+    """
+
+    key: Float[Array, "layers heads max_length dim"]
+    value: Float[Array, "layers heads max_length dim"]
+    mask: Float[Array, " max_length"]
+    index: Int[Array, ""]
+
+    @classmethod
+    def empty(cls, config: BigBirdConfig, max_length: int, dtype=jnp.float32) -> "KVCache":
+        """A cache with room for `max_length` positions (prompt plus generated tokens)."""
+        shape = (config.num_hidden_layers, config.num_attention_heads, max_length, config.head_dim)
+        return cls(
+            key=jnp.zeros(shape, dtype), value=jnp.zeros(shape, dtype),
+            mask=jnp.zeros((max_length,), jnp.float32), index=jnp.zeros((), jnp.int32),
+        )
 
 
 class BigBirdModelOutput(eqx.Module):
@@ -352,13 +501,28 @@ class BigBirdModelOutput(eqx.Module):
     - `last_hidden_state`: `(seq, hidden)`.
     - `pooler_output`: `(hidden,)`, `tanh(dense(h[0]))`; `None` without a pooler.
     - `hidden_states`: `(layers + 1, seq, hidden)`: the embeddings, then every layer's output.
-    - `attentions`: `(layers, heads, seq, seq)` attention maps (block-sparse ones densified).
+    - `attentions`: `(layers, heads, seq, kv)` attention maps (block-sparse ones densified);
+      `kv` is `seq`, or the cache's `max_length` for a cached decoder call.
+    - `cross_attentions`: `(layers, heads, seq, enc_seq)`, decoders with cross-attention.
+    - `past_key_values`: the updated `KVCache` when one was given.
     """
 
     last_hidden_state: Float[Array, "seq hidden"]
     pooler_output: Float[Array, " hidden"] | None = None
     hidden_states: Float[Array, "layers_plus_1 seq hidden"] | None = None
-    attentions: Float[Array, "layers heads seq seq"] | None = None
+    attentions: Float[Array, "layers heads seq kv"] | None = None
+    cross_attentions: Float[Array, "layers heads seq enc_seq"] | None = None
+    past_key_values: KVCache | None = None
+
+
+# Decoder layers with cross-attention: our module paths -> HF's (canonical) names.
+CROSS_ATTENTION_NAMES: dict[str, str] = {
+    "encoder.layers.crossattention.query": "bert.encoder.layer.{i}.crossattention.self.query",
+    "encoder.layers.crossattention.key": "bert.encoder.layer.{i}.crossattention.self.key",
+    "encoder.layers.crossattention.value": "bert.encoder.layer.{i}.crossattention.self.value",
+    "encoder.layers.crossattention_output": "bert.encoder.layer.{i}.crossattention.output.dense",
+    "encoder.layers.crossattention_norm": "bert.encoder.layer.{i}.crossattention.output.LayerNorm",
+}
 
 
 def _as_int_ids(x, name, seq_len):
@@ -399,6 +563,7 @@ class BigBirdModel(eqx.Module):
         scan_layers: bool = True,
     ):
         ke, kl, kp = jr.split(key, 3)
+        check_decoder_config(config)
         self.config = config
         self.embeddings = BigBirdEmbeddings(config, key=ke)
         self.encoder = BigBirdEncoder(config, key=kl, scan_layers=scan_layers)
@@ -411,7 +576,11 @@ class BigBirdModel(eqx.Module):
     def uses_block_sparse(self, seq_len: int) -> bool:
         """Whether a call on `seq_len` tokens runs block-sparse (else: full attention)."""
         c = self.config
-        return c.attention_type == "block_sparse" and seq_len > c.max_tokens_for_full_attention
+        return (
+            c.attention_type == "block_sparse"
+            and not is_decoder_config(c)
+            and seq_len > c.max_tokens_for_full_attention
+        )
 
     def padded_length(self, seq_len: int) -> int:
         """The length the encoder actually runs at (a multiple of block_size when block-sparse)."""
@@ -427,6 +596,10 @@ class BigBirdModel(eqx.Module):
         position_ids: Int[ArrayLike, " seq"] | None = None,
         head_mask: Real[ArrayLike, "layers heads"] | Real[ArrayLike, " heads"] | None = None,
         *,
+        encoder_hidden_states: Float[ArrayLike, "enc_seq hidden"] | None = None,
+        encoder_attention_mask: Int[ArrayLike, " enc_seq"] | Bool[ArrayLike, " enc_seq"]
+        | None = None,
+        past_key_values: KVCache | None = None,
         random_plan: Int[ArrayLike, "layers heads rows r"] | None = None,
         key: PRNGKeyArray | None = None,
         inference: bool | None = None,
@@ -441,6 +614,10 @@ class BigBirdModel(eqx.Module):
         - `token_type_ids`, `position_ids`: `(seq,)` (defaults: zeros, `arange(seq)`).
         - `head_mask`: `(layers, heads)` or `(heads,)` multipliers of each head's output; works for
           both attention kinds (HF ignores it in block-sparse).
+        - `encoder_hidden_states`, `encoder_attention_mask`: `(enc_seq, hidden)` states to
+          cross-attend to and their `(enc_seq,)` mask (decoders with `add_cross_attention` only).
+        - `past_key_values`: a `KVCache` (decoders only, `config.is_decoder`): `input_ids` are the
+          next tokens, at positions `index, index + 1, ...`; the updated cache is returned.
         - `random_plan`: explicit random blocks `(layers, heads, nb - 2, r)` for the padded length
           (see `sparse_attention`); default: HF's eval plan in inference, `key`-drawn in training.
         - `key`: PRNG key for dropout and random attention; required outside inference mode.
@@ -482,13 +659,50 @@ class BigBirdModel(eqx.Module):
             ):
                 raise ValueError(f"attention_mask must be 0/1 ints or bools, got {attention_mask.dtype}")
             mask = attention_mask.astype(jnp.float32)
+        start = jnp.zeros((), jnp.int32)
+        if past_key_values is not None:
+            if not c.is_decoder:
+                raise ValueError("past_key_values (a KV cache) needs a decoder (config.is_decoder)")
+            start = eqx.error_if(
+                past_key_values.index,
+                past_key_values.index + seq > past_key_values.mask.shape[0],
+                "KV cache full: more tokens than its max_length",
+            )
+        if encoder_hidden_states is not None:
+            # Never silently ignored (HF Flax drops them in block-sparse; HF PT in encoders).
+            if not c.add_cross_attention:
+                raise ValueError(
+                    "encoder_hidden_states given, but config.add_cross_attention is False: the "
+                    "model has no cross-attention to use them"
+                )
+            encoder_hidden_states = jnp.asarray(encoder_hidden_states)
+            if encoder_hidden_states.ndim != 2 or encoder_hidden_states.shape[1] != c.hidden_size:
+                raise ValueError(
+                    f"encoder_hidden_states has shape {encoder_hidden_states.shape}, expected "
+                    f"(enc_seq, {c.hidden_size})"
+                )
+            enc_seq = encoder_hidden_states.shape[0]
+            if encoder_attention_mask is None:
+                encoder_mask = jnp.ones((enc_seq,), jnp.float32)
+            else:
+                encoder_attention_mask = jnp.asarray(encoder_attention_mask)
+                if encoder_attention_mask.shape != (enc_seq,):
+                    raise ValueError(
+                        f"encoder_attention_mask has shape {encoder_attention_mask.shape}, "
+                        f"expected ({enc_seq},)"
+                    )
+                encoder_mask = encoder_attention_mask.astype(jnp.float32)
+        elif encoder_attention_mask is not None:
+            raise ValueError("encoder_attention_mask given without encoder_hidden_states")
+        else:
+            encoder_mask = None
         if token_type_ids is None:
             token_type_ids = jnp.zeros((seq,), jnp.int32)
         token_type_ids = _check_range(
             _as_int_ids(token_type_ids, "token_type_ids", seq), c.type_vocab_size, "token_type_ids"
         )
         if position_ids is None:
-            position_ids = jnp.arange(seq, dtype=jnp.int32)
+            position_ids = start + jnp.arange(seq, dtype=jnp.int32)
         position_ids = _check_range(
             _as_int_ids(position_ids, "position_ids", seq), c.max_position_embeddings, "position_ids"
         )
@@ -525,26 +739,51 @@ class BigBirdModel(eqx.Module):
                     "(padded) tokens"
                 )
 
+        cache = new_mask = None
+        if c.is_decoder:
+            # Causal self-attention: query t (at position start + t) sees key slots <= its
+            # position that hold real tokens (HF's causal mask times the padding mask).
+            if past_key_values is None:
+                keys_mask = mask
+            else:
+                keys_mask = new_mask = jax.lax.dynamic_update_slice(
+                    past_key_values.mask, mask, (start,)
+                )
+                cache = (past_key_values.key, past_key_values.value)
+            query_pos = start + jnp.arange(seq, dtype=jnp.int32)
+            key_pos = jnp.arange(keys_mask.shape[0], dtype=jnp.int32)
+            causal = (key_pos[None, :] <= query_pos[:, None]).astype(jnp.float32)
+            self_mask = causal * keys_mask[None, :]
+        else:
+            self_mask = mask
+
         k_emb, k_enc = split_key(key)
         x = self.embeddings(
             input_ids, token_type_ids, position_ids, key=k_emb, inference=inference
         )
-        h, hidden, attentions = self.encoder(
-            x, mask, head_mask=head_mask, plans=random_plan, key=k_enc, inference=inference,
+        h, hidden, attentions, cross, cache = self.encoder(
+            x, self_mask, head_mask=head_mask, plans=random_plan, key=k_enc, inference=inference,
             output_hidden_states=output_hidden_states, output_attentions=output_attentions,
+            encoder_hidden_states=encoder_hidden_states, encoder_mask=encoder_mask,
+            cache=cache, cache_index=start if cache is not None else None,
         )
+        new_cache = None
+        if past_key_values is not None:
+            new_cache = KVCache(key=cache[0], value=cache[1], mask=new_mask, index=start + seq)
         pooled = None
         if self.pooler is not None:
             pooled = jnp.tanh(self.pooler(h[0]))
         if output_hidden_states:
             hidden = jnp.concatenate([x[None], hidden], axis=0)[:, :seq]
-        if output_attentions:
+        if output_attentions and pad:
             attentions = attentions[:, :, :seq, :seq]
         return BigBirdModelOutput(
             last_hidden_state=h[:seq],
             pooler_output=pooled,
             hidden_states=hidden if output_hidden_states else None,
             attentions=attentions if output_attentions else None,
+            cross_attentions=cross if output_attentions else None,
+            past_key_values=new_cache,
         )
 
     @staticmethod
@@ -552,6 +791,8 @@ class BigBirdModel(eqx.Module):
         """Our module paths -> HF module paths (canonical `bert.`-prefixed names)."""
         from ._checkpoint import ENCODER_NAMES
 
+        if config.add_cross_attention:
+            return {**ENCODER_NAMES, **CROSS_ATTENTION_NAMES}
         return dict(ENCODER_NAMES)
 
     @classmethod
@@ -562,4 +803,11 @@ class BigBirdModel(eqx.Module):
         from ._checkpoint import from_pretrained
 
         return from_pretrained(cls, path, **kwargs)
+
+    def save_pretrained(self, path, **kwargs) -> None:
+        """Writes an HF checkpoint directory (`config.json`, `model.safetensors`, and with
+        `flax=True` `flax_model.msgpack`); see `eqx_bigbird.save_pretrained`."""
+        from ._export import save_pretrained
+
+        save_pretrained(self, path, **kwargs)
 

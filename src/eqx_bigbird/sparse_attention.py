@@ -14,8 +14,11 @@ additive -10000 mask penalty and the 1/sqrt(head_dim) applied after the dot prod
 results match HF's to float rounding.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray, Real
 
 __all__ = [
@@ -127,9 +130,16 @@ def gather_blocks(
     return gathered.reshape(heads, rows, r * x.shape[2], x.shape[3])
 
 
-def _softmax_attend(scores, values):
-    probs = jax.nn.softmax(scores, axis=-1)
-    return jnp.einsum("...qk,...kd->...qd", probs, values), probs
+def _attend(chunks):
+    """One softmax over several score chunks `[(scores, values, einsum_spec)]` without
+    concatenating them: the keys of each chunk stay in their own (cheaper) layout."""
+    top = jax.lax.stop_gradient(
+        functools.reduce(jnp.maximum, [s.max(-1, keepdims=True) for s, _, _ in chunks])
+    )
+    exps = [jnp.exp(s - top) for s, _, _ in chunks]
+    total = sum(e.sum(-1, keepdims=True) for e in exps)
+    ctx = sum(jnp.einsum(spec, e, v) for e, (_, v, spec) in zip(exps, chunks))
+    return ctx / total, [e / total for e in exps]
 
 
 def block_sparse_attention(
@@ -137,34 +147,40 @@ def block_sparse_attention(
     k: Float[Array, "heads seq dim"],
     v: Float[Array, "heads seq dim"],
     mask: Real[Array, " seq"],
-    plan: Int[Array, "heads rows r"],
+    plan: Int[Array, "heads rows r"] | int,
     *,
     block_size: int,
     return_probs: bool = False,
 ) -> tuple[Float[Array, "heads seq dim"], Float[Array, "heads seq seq"] | None]:
-    """BigBird block-sparse attention of one example, exactly as HF computes it.
+    """BigBird block-sparse attention of one example, as HF computes it.
 
     **Arguments:**
     - `q`, `k`, `v`: per-head queries, keys, values; `seq` a multiple of `block_size`, >= 5 blocks.
     - `mask`: 1 for real tokens, 0 for padding.
-    - `plan`: random key blocks per head and query block 1..nb-2 (`eval_plan` / `random_plan`).
+    - `plan`: random key blocks per head and query block 1..nb-2 (e.g. `random_plan`), or an int
+      `r`: HF's eval plan with `r` random blocks (`eval_plan`), computed without its duplicates.
     - `return_probs`: also return the dense `(heads, seq, seq)` attention map (costs O(seq^2)).
 
     **Returns:** `(context, probs)`; padded query rows of `context` are zero (HF's `from_mask`).
+
+    HF's eval plan points every random block at block 0, which the non-global query blocks
+    already attend: its keys count r + 1 times in their softmax. Adding log(1 + r) to block 0's
+    scores gives the same weights without r extra copies of block 0 (HF masks the random copies
+    for padded queries too, so padded rows get log(1) = 0; their context is zeroed anyway).
     """
     heads, seq, dim = q.shape
     bs = block_size
     nb = num_blocks(seq, bs)
     _check_block_count(nb, bs)
-    if plan.shape[:2] != (heads, nb - 2):
+    dedup = isinstance(plan, int)
+    r = plan if dedup else plan.shape[2]
+    if not dedup and plan.shape[:2] != (heads, nb - 2):
         raise ValueError(f"plan has shape {plan.shape}, expected ({heads}, {nb - 2}, r)")
-    r = plan.shape[2]
     dtype = q.dtype
     rsqrt_d = 1.0 / jnp.sqrt(jnp.asarray(dim, dtype))
     mask = mask.astype(dtype)
     blocked, band = block_masks(mask, bs)
     blocked, band = blocked.astype(dtype), band.astype(dtype)
-    rand_mask = random_block_mask(blocked, plan)
 
     def penalty(m):
         return (1.0 - m) * MASK_PENALTY
@@ -172,52 +188,64 @@ def block_sparse_attention(
     qb = q.reshape(heads, nb, bs, dim)
     kb = k.reshape(heads, nb, bs, dim)
     vb = v.reshape(heads, nb, bs, dim)
-    gk = gather_blocks(kb, plan)
-    gv = gather_blocks(vb, plan)
+    if dedup:
+        # Extra weight of block 0 per query row: log(1 + r) for real queries, 0 for padding.
+        dup = jnp.log1p(r * blocked)[:, :, None]  # (nb, bs, 1)
+    else:
+        rand_mask = random_block_mask(blocked, plan)
+        gk = gather_blocks(kb, plan)
+        gv = gather_blocks(vb, plan)
 
     # Parts 1 and 5: the global query blocks attend every key.
     glob_q = jnp.stack([qb[:, 0], qb[:, -1]], axis=1)  # (heads, 2, bs, dim)
     glob_scores = jnp.einsum("hgqd,hkd->hgqk", glob_q, k) * rsqrt_d + penalty(mask)[None, None, None]
-    glob_ctx, glob_probs = _softmax_attend(glob_scores, v[:, None])
+    glob_ctx, (glob_probs,) = _attend([(glob_scores, v, "hgqk,hkd->hgqd")])
 
     # Parts 2 and 4: query blocks 1 and nb-2, keys [k0, k1, k2, k_last, rand] and
     # [k0, k-3, k-2, k-1, rand].
     def edge_part(row, key_blocks, rand_row):
-        keys = jnp.concatenate([kb[:, key_blocks].reshape(heads, 4 * bs, dim), gk[:, rand_row]], 1)
-        vals = jnp.concatenate([vb[:, key_blocks].reshape(heads, 4 * bs, dim), gv[:, rand_row]], 1)
-        seq_mask = jnp.broadcast_to(blocked[key_blocks].reshape(1, 1, 4 * bs), (heads, bs, 4 * bs))
-        m = jnp.concatenate([seq_mask, rand_mask[:, rand_row]], axis=-1)
-        scores = jnp.einsum("hqd,hkd->hqk", qb[:, row], keys) * rsqrt_d + penalty(m)
-        return _softmax_attend(scores, vals)
+        keys = kb[:, key_blocks].reshape(heads, 4 * bs, dim)
+        vals = vb[:, key_blocks].reshape(heads, 4 * bs, dim)
+        scores = jnp.einsum("hqd,hkd->hqk", qb[:, row], keys) * rsqrt_d
+        scores = scores + penalty(blocked[key_blocks].reshape(1, 1, 4 * bs))
+        if dedup:
+            scores = scores.at[:, :, :bs].add(dup[row][None])
+        if dedup or r == 0:
+            return _attend([(scores, vals, "hqk,hkd->hqd")])
+        rand_scores = jnp.einsum("hqd,hkd->hqk", qb[:, row], gk[:, rand_row]) * rsqrt_d
+        rand_scores = rand_scores + penalty(rand_mask[:, rand_row])
+        return _attend(
+            [(scores, vals, "hqk,hkd->hqd"), (rand_scores, gv[:, rand_row], "hqk,hkd->hqd")]
+        )
 
-    second_ctx, second_probs = edge_part(1, jnp.array([0, 1, 2, nb - 1]), 0)
+    second_ctx, second_probs = edge_part(1, np.array([0, 1, 2, nb - 1]), 0)
     second_last_ctx, second_last_probs = edge_part(
-        nb - 2, jnp.array([0, nb - 3, nb - 2, nb - 1]), -1
+        nb - 2, np.array([0, nb - 3, nb - 2, nb - 1]), -1
     )
 
-    # Part 3: query blocks 2..nb-3, keys [k0, window (3 blocks), rand (r blocks), k_last] in one
-    # score matrix per block, as HF's `band_product`.
-    m4 = nb - 4
+    # Part 3: query blocks 2..nb-3 attend k0 and k_last (one big matmul for all rows), their
+    # 3-block window, and their random blocks, under one softmax (HF's `band_product`, whose
+    # keys it concatenates; here each group keeps its own layout and matmul).
+    q_mid = qb[:, 2:-2]
+    glob_k = jnp.concatenate([kb[:, 0], kb[:, -1]], axis=1)  # (heads, 2 * bs, dim)
+    glob_v = jnp.concatenate([vb[:, 0], vb[:, -1]], axis=1)
+    s_glob = jnp.einsum("hlqd,hkd->hlqk", q_mid, glob_k) * rsqrt_d
+    s_glob = s_glob + penalty(jnp.concatenate([blocked[0], blocked[-1]]))[None, None, None]
+    if dedup:
+        s_glob = s_glob.at[..., :bs].add(dup[2:-2][None])
 
-    def middle_layout(xb, gathered):
-        first = jnp.broadcast_to(xb[:, :1], (heads, m4, bs, dim))
-        last = jnp.broadcast_to(xb[:, -1:], (heads, m4, bs, dim))
-        window = jnp.concatenate([xb[:, 1:-3], xb[:, 2:-2], xb[:, 3:-1]], axis=2)
-        return jnp.concatenate([first, window, gathered[:, 1:-1], last], axis=2)
+    def window(xb):
+        return jnp.concatenate([xb[:, 1:-3], xb[:, 2:-2], xb[:, 3:-1]], axis=2)
 
-    mid_keys = middle_layout(kb, gk)
-    mid_vals = middle_layout(vb, gv)
-    mid_mask = jnp.concatenate(
-        [
-            jnp.broadcast_to(blocked[0], (heads, m4, bs, bs)),
-            jnp.broadcast_to(band, (heads, m4, bs, 3 * bs)),
-            rand_mask[:, 1:-1],
-            jnp.broadcast_to(blocked[-1], (heads, m4, bs, bs)),
-        ],
-        axis=-1,
-    )
-    mid_scores = jnp.einsum("hlqd,hlkd->hlqk", qb[:, 2:-2], mid_keys) * rsqrt_d
-    mid_ctx, mid_probs = _softmax_attend(mid_scores + penalty(mid_mask), mid_vals)
+    s_win = jnp.einsum("hlqd,hlkd->hlqk", q_mid, window(kb)) * rsqrt_d + penalty(band)[None]
+    chunks = [
+        (s_glob, glob_v, "hlqk,hkd->hlqd"),
+        (s_win, window(vb), "hlqk,hlkd->hlqd"),
+    ]
+    if not dedup and r > 0:
+        s_rand = jnp.einsum("hlqd,hlkd->hlqk", q_mid, gk[:, 1:-1]) * rsqrt_d
+        chunks.append((s_rand + penalty(rand_mask[:, 1:-1]), gv[:, 1:-1], "hlqk,hlkd->hlqd"))
+    mid_ctx, mid_probs = _attend(chunks)
 
     ctx = jnp.concatenate(
         [glob_ctx[:, :1], second_ctx[:, None], mid_ctx, second_last_ctx[:, None], glob_ctx[:, 1:]],
@@ -227,15 +255,16 @@ def block_sparse_attention(
 
     if not return_probs:
         return ctx, None
-    rows = jnp.concatenate(
-        [
-            jnp.pad(second_probs, ((0, 0), (0, 0), (0, bs)))[:, None],
-            mid_probs,
-            jnp.pad(second_last_probs, ((0, 0), (0, 0), (0, bs)))[:, None],
-        ],
-        axis=1,
-    )  # (heads, nb-2, bs, (5+r)*bs); edge rows have one unused (zero) key block at the end
-    dense_rows = _scatter_key_blocks(rows, block_key_indices(plan, nb), nb)
+    # Per query row, the key blocks in `block_key_indices` order [k0, window, rand, k_last|pad].
+    pad = jnp.zeros((heads, bs, bs), dtype)
+    edge_rows = [
+        jnp.concatenate(probs + [pad], axis=-1) for probs in (second_probs, second_last_probs)
+    ]
+    p_glob, p_win, *p_rand = mid_probs
+    mid_rows = jnp.concatenate([p_glob[..., :bs], p_win, *p_rand, p_glob[..., bs:]], axis=-1)
+    rows = jnp.concatenate([edge_rows[0][:, None], mid_rows, edge_rows[1][:, None]], axis=1)
+    layout_plan = eval_plan(heads, nb, 0) if dedup else plan
+    dense_rows = _scatter_key_blocks(rows, block_key_indices(layout_plan, nb), nb)
     probs = jnp.concatenate(
         [glob_probs[:, 0], dense_rows.reshape(heads, (nb - 2) * bs, seq), glob_probs[:, 1]], axis=1
     )
