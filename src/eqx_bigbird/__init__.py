@@ -21,3 +21,7 @@ from ._tokenizer import char_span_to_token_span as char_span_to_token_span
 from ._tokenizer import token_span_to_text as token_span_to_text
 
 __version__ = "0.1.0"
+from ._serialization import load as load
+from ._serialization import save as save
+from ._export import save_pretrained as save_pretrained
+from ._bert import from_bert as from_bert

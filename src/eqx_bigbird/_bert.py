@@ -1,0 +1,179 @@
+"""Warm start from BERT / RoBERTa (the BigBird paper's recipe; Longformer does the same): the
+weights carry over unchanged, and the position embeddings are extended to
+`max_position_embeddings` by copying the pretrained ones (row j gets row j mod P).
+
+RoBERTa numbers positions from `padding_idx + 1` (= 2): its first two rows are dropped so that our
+position 0 is RoBERTa's first real position.
+"""
+
+import json
+import os
+
+import equinox as eqx
+import jax.random as jr
+import numpy as np
+
+from ._checkpoint import (
+    CheckpointError,
+    LazyTensors,
+    canonical_name,
+    fill_from_state,
+    find_weights_file,
+    hf_tied_names,
+    read_hf_weights,
+)
+from ._config import BigBirdConfig
+
+# BERT/RoBERTa config keys -> BigBird's (same meaning, same name).
+_SHARED_FIELDS = (
+    "vocab_size",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "hidden_act",
+    "hidden_dropout_prob",
+    "attention_probs_dropout_prob",
+    "type_vocab_size",
+    "initializer_range",
+    "layer_norm_eps",
+    "pad_token_id",
+    "bos_token_id",
+    "eos_token_id",
+    "classifier_dropout",
+    "tie_word_embeddings",
+)
+# RoBERTa's names for the modules BigBird calls differently.
+_RENAMES = (
+    ("roberta.", "bert."),
+    ("lm_head.dense.", "cls.predictions.transform.dense."),
+    ("lm_head.layer_norm.", "cls.predictions.transform.LayerNorm."),
+    ("lm_head.decoder.", "cls.predictions.decoder."),
+    ("lm_head.bias", "cls.predictions.bias"),
+)
+# Non-persistent buffers that old checkpoints still carry.
+_BUFFERS = ("bert.embeddings.position_ids", "bert.embeddings.token_type_ids")
+_POSITIONS = "bert.embeddings.position_embeddings.weight"
+
+
+def _bigbird_name(name: str) -> str:
+    for old, new in _RENAMES:
+        if name.startswith(old):
+            name = new + name[len(old) :]
+            break
+    name = canonical_name(name)
+    # BERT's pooler is a module holding `dense`; BigBird's is the Linear itself.
+    return name.replace("bert.pooler.dense.", "bert.pooler.", 1)
+
+
+def bigbird_config_from_bert(raw: dict, **changes) -> BigBirdConfig:
+    """A BigBird config with a BERT/RoBERTa config's dimensions; `changes` set the rest."""
+    if raw.get("position_embedding_type", "absolute") != "absolute":
+        raise ValueError(
+            f"position_embedding_type={raw['position_embedding_type']!r} is not supported"
+        )
+    if raw.get("is_decoder") or raw.get("add_cross_attention"):
+        raise ValueError("decoder BERT configs are not supported")
+    kwargs = {k: raw[k] for k in _SHARED_FIELDS if k in raw}
+    if raw.get("model_type") == "bert":  # BERT has no bos/eos; BigBird's defaults would mislead
+        kwargs.setdefault("bos_token_id", None)
+        kwargs.setdefault("eos_token_id", None)
+    return BigBirdConfig(**{**kwargs, **changes})
+
+
+def extend_positions(table: np.ndarray, n: int) -> np.ndarray:
+    """`n` position embeddings from `table` by copying: row j is `table[j % len(table)]`."""
+    return table[np.arange(n) % table.shape[0]]
+
+
+def from_bert(
+    path: str | os.PathLike,
+    cls=None,
+    *,
+    max_position_embeddings: int = 4096,
+    attention_type: str = "block_sparse",
+    block_size: int = 64,
+    num_random_blocks: int = 3,
+    key=None,
+    dtype=None,
+    verbose: bool = False,
+    return_report: bool = False,
+    **model_kwargs,
+):
+    """Converts a local HF BERT or RoBERTa checkpoint into a BigBird model (warm start).
+
+    **Arguments:**
+    - `path`: an HF directory (`config.json` with `model_type` bert/roberta, and weights in any
+      format `read_hf_weights` reads) of a BertModel, BertForMaskedLM, RobertaModel or
+      RobertaForMaskedLM.
+    - `cls`: our model class to build (default `BigBirdModel`; an MLM head class picks up the
+      MLM head).
+    - `max_position_embeddings`, `attention_type`, `block_size`, `num_random_blocks`: BigBird's.
+    - `key`: initialises what the checkpoint lacks (e.g. RoBERTa-MLM's pooler), with a warning.
+
+    **Returns:** the model in inference mode (`eqx.nn.inference_mode(model, False)` to train),
+    and its `LoadReport` if `return_report`.
+    """
+    from ._modules import BigBirdModel
+
+    cls = BigBirdModel if cls is None else cls
+    path = os.fspath(path)
+    folder = path if os.path.isdir(path) else os.path.dirname(path)
+    config_file = os.path.join(folder, "config.json")
+    try:
+        with open(config_file, encoding="utf-8") as f:
+            raw = json.load(f)
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{config_file}: cannot read ({e})") from None
+    model_type = raw.get("model_type")
+    if model_type not in ("bert", "roberta"):
+        raise CheckpointError(
+            f"{config_file}: model_type={model_type!r}, expected 'bert' or 'roberta'"
+        )
+    try:
+        config = bigbird_config_from_bert(
+            raw,
+            max_position_embeddings=max_position_embeddings,
+            attention_type=attention_type,
+            block_size=block_size,
+            num_random_blocks=num_random_blocks,
+        )
+    except ValueError as e:
+        raise CheckpointError(f"{config_file}: {e}") from None
+
+    state, source = read_hf_weights(find_weights_file(path))
+    offset = raw.get("pad_token_id", 1) + 1 if model_type == "roberta" else 0
+    loaders, shapes = {}, {}
+    for name in state:
+        new = _bigbird_name(name)
+        if new in _BUFFERS:
+            continue
+        shape = state.shape(name) if isinstance(state, LazyTensors) else state[name].shape
+        loaders[new], shapes[new] = (lambda name=name: state[name]), tuple(shape)
+    if _POSITIONS in loaders:
+        old = loaders[_POSITIONS]
+        loaders[_POSITIONS] = lambda: extend_positions(old()[offset:], max_position_embeddings)
+        shapes[_POSITIONS] = (max_position_embeddings, shapes[_POSITIONS][1])
+    renamed = LazyTensors(loaders, shapes, source)
+
+    key = jr.PRNGKey(0) if key is None else key
+    skeleton = eqx.filter_eval_shape(cls, config, key=key, **model_kwargs)
+    init = cls(config, key=key, **model_kwargs)
+    model, report = fill_from_state(
+        skeleton,
+        renamed,
+        cls.hf_names(config),
+        num_layers=config.num_hidden_layers,
+        init=init,
+        source=source,
+        dtype=dtype,
+        tied=hf_tied_names(cls, config),
+    )
+    if report.initialised:
+        import warnings
+
+        warnings.warn(f"from_bert: newly initialised from `key`: {report.initialised}")
+    if verbose:
+        print(report.summary())
+    model = eqx.nn.inference_mode(model)
+    return (model, report) if return_report else model

@@ -1,0 +1,163 @@
+"""Export to Hugging Face: `config.json` + `model.safetensors` in HF PyTorch names and layouts,
+and optionally `flax_model.msgpack` in Flax names and layouts (written with msgpack, no flax).
+
+The names come from the same declarative map the loader uses (`cls.hf_names(config)`), read the
+other way: each of our leaves has one HF pattern; stacked layers are un-stacked to `layer.{i}`.
+"""
+
+import json
+import os
+
+import equinox as eqx
+import jax
+import msgpack
+import numpy as np
+
+from ._checkpoint import FLAX_MSGPACK, SAFETENSORS, _path_str, hf_name_of, hf_tied_names
+from ._io import atomic_writer, atomic_write_text, write_safetensors
+
+# Flax splits arrays above this many bytes into chunks (flax.serialization.MAX_CHUNK_SIZE).
+_FLAX_MAX_CHUNK = 2**30
+
+
+def _is_hf_base_model(names) -> bool:
+    # HF base classes (BigBirdModel) save their keys without the `bert.` prefix; head classes
+    # always own some key outside `bert.`.
+    return all(v.startswith("bert.") for v in names.values())
+
+
+def hf_state(model, *, include_tied: bool = False) -> list[tuple[str, np.ndarray, str]]:
+    """`[(HF PyTorch name, array, kind)]` for every array leaf of `model`, layers un-stacked.
+
+    Names are as HF's `save_pretrained` of the same class writes them (base model: no `bert.`).
+    `kind` is the leaf's module type (`linear`, `layer_norm`, `embedding` or `other`), which decides
+    its Flax name and layout. `include_tied` adds the class's `hf_tied_names` as copies (HF itself
+    omits them when saving and re-ties them when loading).
+    """
+    cls, config = type(model), model.config
+    names = cls.hf_names(config)
+    kinds = {}
+    by_type = {
+        eqx.nn.Linear: "linear",
+        eqx.nn.LayerNorm: "layer_norm",
+        eqx.nn.Embedding: "embedding",
+    }
+    is_module = lambda x: type(x) in by_type  # noqa: E731
+    for path, node in jax.tree_util.tree_flatten_with_path(model, is_leaf=is_module)[0]:
+        if is_module(node):
+            for sub, _ in jax.tree_util.tree_flatten_with_path(node)[0]:
+                kinds[_path_str(path + sub)] = by_type[type(node)]
+    out = []
+    for path, leaf in jax.tree_util.tree_flatten_with_path(model)[0]:
+        if not eqx.is_array(leaf):
+            continue
+        ours = _path_str(path)
+        pattern = hf_name_of(ours, names)
+        kind = kinds.get(ours, "other")
+        value = np.asarray(leaf)  # no copy on CPU
+        if "{i}" in pattern:
+            if value.shape[0] != config.num_hidden_layers:
+                raise ValueError(
+                    f"{ours}: {value.shape[0]} stacked layers, config says "
+                    f"{config.num_hidden_layers}"
+                )
+            out.extend((pattern.format(i=i), value[i], kind) for i in range(value.shape[0]))
+        else:
+            out.append((pattern, value, kind))
+    if include_tied:
+        by_name = {name: (value, kind) for name, value, kind in out}
+        for name, target in hf_tied_names(cls, config).items():
+            out.append((name, by_name[target][0], by_name[target][1]))
+    if _is_hf_base_model(names):
+        out = [(n.removeprefix("bert."), v, k) for n, v, k in out]
+    return out
+
+
+def _to_flax(name: str, value: np.ndarray, kind: str) -> tuple[list[str], np.ndarray]:
+    """HF PyTorch name/layout -> Flax path/layout (HF's `rename_key_and_reshape_tensor`)."""
+    *module, leaf = name.split(".")
+    if leaf == "weight":
+        if kind == "linear":
+            leaf, value = "kernel", value.T
+        elif kind == "layer_norm":
+            leaf = "scale"
+        elif kind == "embedding":
+            leaf = "embedding"
+    return module + [leaf], value
+
+
+def _flax_leaf(value: np.ndarray):
+    value = np.ascontiguousarray(value)
+    if value.nbytes > _FLAX_MAX_CHUNK:
+        step = max(1, _FLAX_MAX_CHUNK // value.dtype.itemsize)
+        flat = value.reshape(-1)
+        chunks = [flat[i : i + step] for i in range(0, flat.size, step)]
+        return {
+            "__msgpack_chunked_array__": True,
+            "shape": {str(i): d for i, d in enumerate(value.shape)},
+            "chunks": {str(i): c for i, c in enumerate(chunks)},
+        }
+    return value
+
+
+def write_flax_msgpack(path, tree: dict) -> None:
+    """Writes a nested `{str: dict | ndarray}` as Flax's `serialization.to_bytes` would, streaming
+    one array at a time, atomically."""
+    packer = msgpack.Packer(use_bin_type=True)
+
+    def emit(f, node):
+        if isinstance(node, dict):
+            f.write(packer.pack_map_header(len(node)))
+            for k, v in node.items():
+                f.write(packer.pack(k))
+                emit(f, v)
+        elif isinstance(node, np.ndarray):
+            payload = msgpack.packb(
+                (node.shape, node.dtype.name, node.tobytes("C")), use_bin_type=True
+            )
+            f.write(packer.pack(msgpack.ExtType(1, payload)))
+        else:
+            f.write(packer.pack(node))
+
+    with atomic_writer(path) as f:
+        emit(f, tree)
+
+
+def save_pretrained(
+    model, path: str | os.PathLike, *, flax: bool = False, include_tied: bool = False
+) -> None:
+    """Writes `model` as a Hugging Face checkpoint directory.
+
+    **Arguments:**
+    - `model`: one of our model classes (`BigBirdModel`, or a head declaring `hf_names`).
+    - `path`: the directory (created if needed).
+    - `flax`: also write `flax_model.msgpack` (Flax names, (in, out) kernels).
+    - `include_tied`: also write tied keys (e.g. `cls.predictions.decoder.weight`) as copies;
+      HF's own `save_pretrained` leaves them out.
+
+    Writes `config.json` and `model.safetensors` (HF PyTorch names, (out, in) weights), each
+    atomically; `architectures` is the class's `hf_architecture` (default: its name).
+    """
+    path = os.fspath(path)
+    os.makedirs(path, exist_ok=True)
+    cls = type(model)
+    state = hf_state(model, include_tied=include_tied)
+    config = model.config.to_hf()
+    config["architectures"] = [getattr(cls, "hf_architecture", cls.__name__)]
+    write_safetensors(
+        os.path.join(path, SAFETENSORS), [(n, v) for n, v, _ in state], {"format": "pt"}
+    )
+    if flax:
+        tree: dict = {}
+        for name, value, kind in state:
+            if include_tied and name in hf_tied_names(cls, model.config):
+                continue  # Flax has no kernel for a tied decoder
+            keys, value = _to_flax(name, value, kind)
+            node = tree
+            for k in keys[:-1]:
+                node = node.setdefault(k, {})
+            node[keys[-1]] = _flax_leaf(value)
+        write_flax_msgpack(os.path.join(path, FLAX_MSGPACK), tree)
+    atomic_write_text(
+        os.path.join(path, "config.json"), json.dumps(config, indent=2, sort_keys=True) + "\n"
+    )
