@@ -132,14 +132,23 @@ def gather_blocks(
 
 def _attend(chunks):
     """One softmax over several score chunks `[(scores, values, einsum_spec)]` without
-    concatenating them: the keys of each chunk stay in their own (cheaper) layout."""
+    concatenating them: the keys of each chunk stay in their own (cheaper) layout.
+
+    The softmax runs in float32 whatever the compute dtype (mixed precision); the weighted sum
+    of values runs in the values' dtype with float32 accumulation.
+    """
+    scores = [s.astype(jnp.float32) for s, _, _ in chunks]
     top = jax.lax.stop_gradient(
-        functools.reduce(jnp.maximum, [s.max(-1, keepdims=True) for s, _, _ in chunks])
+        functools.reduce(jnp.maximum, [s.max(-1, keepdims=True) for s in scores])
     )
-    exps = [jnp.exp(s - top) for s, _, _ in chunks]
+    exps = [jnp.exp(s - top) for s in scores]
     total = sum(e.sum(-1, keepdims=True) for e in exps)
-    ctx = sum(jnp.einsum(spec, e, v) for e, (_, v, spec) in zip(exps, chunks))
-    return ctx / total, [e / total for e in exps]
+    ctx = sum(
+        jnp.einsum(spec, e.astype(v.dtype), v, preferred_element_type=jnp.float32)
+        for e, (_, v, spec) in zip(exps, chunks)
+    )
+    out_dtype = chunks[0][1].dtype
+    return (ctx / total).astype(out_dtype), [(e / total).astype(out_dtype) for e in exps]
 
 
 def block_sparse_attention(
@@ -333,7 +342,7 @@ def full_attention(
     if mask is not None:
         bias = (1.0 - mask.astype(q.dtype)) * jnp.finfo(q.dtype).min
         scores = scores + (bias[None, None, :] if mask.ndim == 1 else bias[None])
-    probs = jax.nn.softmax(scores, axis=-1)
+    probs = jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(q.dtype)
     dropped = probs
     if key is not None and dropout_rate > 0.0:
         keep = jax.random.bernoulli(key, 1.0 - dropout_rate, probs.shape)
