@@ -1,0 +1,714 @@
+"""BigBird's task heads (HF `BigBirdFor*`), each holding the encoder as `bert`, called on ONE example.
+
+Every head loads HF checkpoints (PyTorch safetensors or Flax msgpack) through
+`_checkpoint.from_pretrained` with one declarative name map: the encoder's canonical `bert.` names
+plus the head's own (HF's PyTorch module names; Flax names coincide after the generic
+kernel/scale/embedding rewrite). Which heads hold a pooler follows what they use: PreTraining,
+SequenceClassification and MultipleChoice (as HF PyTorch and Flax do); MaskedLM, CausalLM,
+TokenClassification and QuestionAnswering do not (HF PyTorch keeps an unused one in the first
+three; its weights are then reported as unused checkpoint keys).
+"""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+from jaxtyping import Array, ArrayLike, Bool, Float, Int, PRNGKeyArray, Real
+
+from ._activations import ACTIVATIONS
+from ._config import BigBirdConfig
+from ._modules import BigBirdModel, KVCache, _apply, _normal_linear, split_key
+
+MaskLike = Int[ArrayLike, " seq"] | Bool[ArrayLike, " seq"] | None
+HeadMask = Real[ArrayLike, "layers heads"] | Real[ArrayLike, " heads"] | None
+
+
+# -- output records (HF's field names) ------------------------------------------------------------
+
+
+class BigBirdForPreTrainingOutput(eqx.Module):
+    """`prediction_logits` `(seq or n, vocab)`, `seq_relationship_logits` `(2,)`, and the encoder's
+    `hidden_states` / `attentions` when asked for."""
+
+    prediction_logits: Float[Array, "n vocab"]
+    seq_relationship_logits: Float[Array, "2"]
+    hidden_states: Float[Array, "layers_plus_1 seq hidden"] | None = None
+    attentions: Float[Array, "layers heads seq seq"] | None = None
+
+
+class MaskedLMOutput(eqx.Module):
+    """`logits` `(seq or n, vocab)` and, when asked for, `hidden_states` / `attentions`."""
+
+    logits: Float[Array, "n vocab"]
+    hidden_states: Float[Array, "layers_plus_1 seq hidden"] | None = None
+    attentions: Float[Array, "layers heads seq seq"] | None = None
+
+
+class CausalLMOutputWithCrossAttentions(eqx.Module):
+    """`logits` `(seq, vocab)`; `past_key_values` (the updated `KVCache`) when one was given;
+    `hidden_states`, `attentions` `(layers, heads, seq, kv)`, `cross_attentions` when asked for."""
+
+    logits: Float[Array, "seq vocab"]
+    past_key_values: KVCache | None = None
+    hidden_states: Float[Array, "layers_plus_1 seq hidden"] | None = None
+    attentions: Float[Array, "layers heads seq kv"] | None = None
+    cross_attentions: Float[Array, "layers heads seq enc_seq"] | None = None
+
+
+class SequenceClassifierOutput(eqx.Module):
+    """`logits` `(num_labels,)` and, when asked for, `hidden_states` / `attentions`."""
+
+    logits: Float[Array, " labels"]
+    hidden_states: Float[Array, "layers_plus_1 seq hidden"] | None = None
+    attentions: Float[Array, "layers heads seq seq"] | None = None
+
+
+class MultipleChoiceModelOutput(eqx.Module):
+    """`logits` `(num_choices,)`; `hidden_states` `(choices, layers + 1, seq, hidden)` and
+    `attentions` `(choices, layers, heads, seq, seq)` when asked for."""
+
+    logits: Float[Array, " choices"]
+    hidden_states: Float[Array, "choices layers_plus_1 seq hidden"] | None = None
+    attentions: Float[Array, "choices layers heads seq seq"] | None = None
+
+
+class TokenClassifierOutput(eqx.Module):
+    """`logits` `(seq, num_labels)` and, when asked for, `hidden_states` / `attentions`."""
+
+    logits: Float[Array, "seq labels"]
+    hidden_states: Float[Array, "layers_plus_1 seq hidden"] | None = None
+    attentions: Float[Array, "layers heads seq seq"] | None = None
+
+
+class BigBirdForQuestionAnsweringModelOutput(eqx.Module):
+    """`start_logits`, `end_logits` `(seq,)` (question tokens pushed down by 1e6),
+    `pooler_output` (always `None`: HF's QA model has no pooler by default), and
+    `hidden_states` / `attentions` when asked for."""
+
+    start_logits: Float[Array, " seq"]
+    end_logits: Float[Array, " seq"]
+    pooler_output: None = None
+    hidden_states: Float[Array, "layers_plus_1 seq hidden"] | None = None
+    attentions: Float[Array, "layers heads seq seq"] | None = None
+
+
+# -- shared pieces --------------------------------------------------------------------------------
+
+# Encoder names inside a head: our `bert.<path>` -> HF's canonical `bert.<path>`.
+def _encoder_names(config: BigBirdConfig) -> dict[str, str]:
+    return {f"bert.{ours}": theirs for ours, theirs in BigBirdModel.hf_names(config).items()}
+
+
+_LM_HEAD_NAMES = {
+    "cls.transform": "cls.predictions.transform.dense",
+    "cls.transform_norm": "cls.predictions.transform.LayerNorm",
+    "cls.bias": "cls.predictions.bias",
+    "cls.decoder": "cls.predictions.decoder",
+}
+
+
+class BigBirdLMPredictionHead(eqx.Module):
+    """dense -> activation -> LayerNorm -> decoder + bias (HF `cls.predictions`).
+
+    The decoder is the word-embedding matrix when `config.tie_word_embeddings` (HF's default; the
+    checkpoint then stores no decoder), else its own `(vocab, hidden)` matrix. The output bias is
+    separate either way.
+    """
+
+    transform: eqx.nn.Linear
+    transform_norm: eqx.nn.LayerNorm
+    bias: Float[Array, " vocab"]
+    decoder: eqx.nn.Linear | None
+    hidden_act: str = eqx.field(static=True)
+
+    def __init__(self, config: BigBirdConfig, *, key: PRNGKeyArray):
+        kt, kd = jr.split(key)
+        h, std = config.hidden_size, config.initializer_range
+        self.transform = _normal_linear(h, h, std=std, key=kt)
+        self.transform_norm = eqx.nn.LayerNorm(h, eps=config.layer_norm_eps)
+        self.bias = jnp.zeros((config.vocab_size,))
+        self.decoder = (
+            None
+            if config.tie_word_embeddings
+            else _normal_linear(h, config.vocab_size, use_bias=False, std=std, key=kd)
+        )
+        self.hidden_act = config.hidden_act
+
+    def __call__(
+        self, h: Float[Array, "n hidden"], word_embeddings: Float[Array, "vocab hidden"]
+    ) -> Float[Array, "n vocab"]:
+        x = _apply(self.transform, h)
+        x = _apply(self.transform_norm, ACTIVATIONS[self.hidden_act](x))
+        weight = word_embeddings if self.decoder is None else self.decoder.weight
+        return x @ weight.T + self.bias[None, :]
+
+
+def _at_positions(h, positions):
+    """The rows of `h` at `positions` (all rows if None): MLM training needs logits only at the
+    masked tokens, so the `(n, vocab)` product is paid for `n` tokens, not the whole sequence."""
+    if positions is None:
+        return h
+    positions = jnp.asarray(positions)
+    if positions.ndim != 1 or not jnp.issubdtype(positions.dtype, jnp.integer):
+        raise ValueError(f"positions must be a 1-D integer array, got {positions.shape} {positions.dtype}")
+    positions = eqx.error_if(
+        positions, (positions < 0) | (positions >= h.shape[0]), "positions out of range"
+    )
+    return h[positions]
+
+
+def _mode(module, inference, key):
+    """Resolves the call's `inference` flag and checks a key is there when needed."""
+    inference = module.inference if inference is None else inference
+    if not inference and key is None:
+        raise ValueError(
+            f"{type(module).__name__} in training mode needs `key=` (dropout, random attention); "
+            "for deterministic outputs use `eqx.nn.inference_mode(model)` or `inference=True`"
+        )
+    return inference
+
+
+def _dropout(p):
+    return eqx.nn.Dropout(p)
+
+
+def _classifier_dropout(config):
+    p = config.classifier_dropout
+    return config.hidden_dropout_prob if p is None else p
+
+
+class _Head(eqx.Module):
+    """Shared loading for every head: `from_pretrained` through the generic loader."""
+
+    @classmethod
+    def from_pretrained(cls, path, **kwargs):
+        """Loads a local HF BigBird directory into this head (inference mode).
+
+        The encoder comes from the checkpoint's `bert.` weights (a base-model checkpoint works
+        too); with `allow_init=True` head weights the checkpoint lacks (e.g. an MLM checkpoint
+        loaded into a classifier) are initialised from `key` and named in a warning, and
+        `verbose=True` prints the full report, unused checkpoint keys included. Other keyword
+        arguments: see `BigBirdModel.from_pretrained`.
+        """
+        from ._checkpoint import from_pretrained
+
+        return from_pretrained(cls, path, **kwargs)
+
+
+# -- the heads ------------------------------------------------------------------------------------
+
+
+class BigBirdForPreTraining(_Head):
+    """Masked-LM and next-sentence heads on the encoder (HF `BigBirdForPreTraining`)."""
+
+    bert: BigBirdModel
+    cls: BigBirdLMPredictionHead
+    seq_relationship: eqx.nn.Linear
+    config: BigBirdConfig = eqx.field(static=True)
+    inference: bool = False
+
+    def __init__(self, config: BigBirdConfig, *, key: PRNGKeyArray, scan_layers: bool = True):
+        kb, kc, ks = jr.split(key, 3)
+        self.bert = BigBirdModel(config, key=kb, add_pooling_layer=True, scan_layers=scan_layers)
+        self.cls = BigBirdLMPredictionHead(config, key=kc)
+        self.seq_relationship = _normal_linear(
+            config.hidden_size, 2, std=config.initializer_range, key=ks
+        )
+        self.config = config
+        self.inference = False
+
+    @staticmethod
+    def hf_names(config: BigBirdConfig) -> dict[str, str]:
+        return {
+            **_encoder_names(config), **_LM_HEAD_NAMES,
+            "seq_relationship": "cls.seq_relationship",
+        }
+
+    def __call__(
+        self,
+        input_ids: Int[ArrayLike, " seq"],
+        attention_mask: MaskLike = None,
+        token_type_ids: Int[ArrayLike, " seq"] | None = None,
+        position_ids: Int[ArrayLike, " seq"] | None = None,
+        head_mask: HeadMask = None,
+        *,
+        positions: Int[ArrayLike, " n"] | None = None,
+        key: PRNGKeyArray | None = None,
+        inference: bool | None = None,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+    ) -> BigBirdForPreTrainingOutput:
+        """MLM logits and next-sentence logits of one sequence.
+
+        **Arguments:** as `BigBirdModel`, plus `positions`: `(n,)` token indices at which to
+        compute the MLM logits (default: every token).
+
+        **Returns:** a `BigBirdForPreTrainingOutput`.
+        """
+        inference = _mode(self, inference, key)
+        out = self.bert(
+            input_ids, attention_mask, token_type_ids, position_ids, head_mask, key=key,
+            inference=inference, output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+        )
+        h = _at_positions(out.last_hidden_state, positions)
+        return BigBirdForPreTrainingOutput(
+            prediction_logits=self.cls(h, self.bert.embeddings.word_embeddings.weight),
+            seq_relationship_logits=self.seq_relationship(out.pooler_output),
+            hidden_states=out.hidden_states,
+            attentions=out.attentions,
+        )
+
+
+class BigBirdForMaskedLM(_Head):
+    """The masked-LM head on the encoder (HF `BigBirdForMaskedLM`)."""
+
+    bert: BigBirdModel
+    cls: BigBirdLMPredictionHead
+    config: BigBirdConfig = eqx.field(static=True)
+    inference: bool = False
+
+    def __init__(self, config: BigBirdConfig, *, key: PRNGKeyArray, scan_layers: bool = True):
+        kb, kc = jr.split(key)
+        self.bert = BigBirdModel(config, key=kb, add_pooling_layer=False, scan_layers=scan_layers)
+        self.cls = BigBirdLMPredictionHead(config, key=kc)
+        self.config = config
+        self.inference = False
+
+    @staticmethod
+    def hf_names(config: BigBirdConfig) -> dict[str, str]:
+        return {**_encoder_names(config), **_LM_HEAD_NAMES}
+
+    def __call__(
+        self,
+        input_ids: Int[ArrayLike, " seq"],
+        attention_mask: MaskLike = None,
+        token_type_ids: Int[ArrayLike, " seq"] | None = None,
+        position_ids: Int[ArrayLike, " seq"] | None = None,
+        head_mask: HeadMask = None,
+        *,
+        positions: Int[ArrayLike, " n"] | None = None,
+        key: PRNGKeyArray | None = None,
+        inference: bool | None = None,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+    ) -> MaskedLMOutput:
+        """MLM logits of one sequence.
+
+        **Arguments:** as `BigBirdModel`, plus `positions`: `(n,)` token indices at which to
+        compute the logits (default: every token).
+
+        **Returns:** a `MaskedLMOutput` (`logits`: `(seq, vocab)`, or `(n, vocab)`).
+        """
+        inference = _mode(self, inference, key)
+        out = self.bert(
+            input_ids, attention_mask, token_type_ids, position_ids, head_mask, key=key,
+            inference=inference, output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+        )
+        h = _at_positions(out.last_hidden_state, positions)
+        return MaskedLMOutput(
+            logits=self.cls(h, self.bert.embeddings.word_embeddings.weight),
+            hidden_states=out.hidden_states,
+            attentions=out.attentions,
+        )
+
+
+class BigBirdForCausalLM(_Head):
+    """The LM head on a decoder (HF `BigBirdForCausalLM`): causal self-attention, optional
+    cross-attention to an encoder's states, and a `KVCache` for incremental decoding (see
+    `eqx_bigbird.generate`).
+
+    Decoders always run full attention. A config with `attention_type="block_sparse"` is accepted
+    with a warning and runs full attention on the same weights: block-sparse attention's global and
+    random blocks see later tokens (it cannot be causal), and its blocked layout can neither read a
+    cache nor attend to encoder states. (HF PyTorch switches to full attention only when
+    `add_cross_attention`; otherwise it runs a non-causal block-sparse "decoder" on long inputs.
+    HF Flax silently drops encoder states in block-sparse. We do neither.) Set `is_decoder=True`
+    for causal attention, as HF requires.
+
+    With encoder states we compute what HF Flax computes. HF PyTorch 4.57 differs: its layer also
+    hands `encoder_hidden_states` to the self-attention (which then attends to the encoder instead
+    of causally to the decoder) and runs the cross-attention without `encoder_attention_mask`.
+    """
+
+    bert: BigBirdModel
+    cls: BigBirdLMPredictionHead
+    config: BigBirdConfig = eqx.field(static=True)
+    inference: bool = False
+
+    def __init__(self, config: BigBirdConfig, *, key: PRNGKeyArray, scan_layers: bool = True):
+        kb, kc = jr.split(key)
+        self.bert = BigBirdModel(config, key=kb, add_pooling_layer=False, scan_layers=scan_layers)
+        self.cls = BigBirdLMPredictionHead(config, key=kc)
+        self.config = config
+        self.inference = False
+
+    @staticmethod
+    def hf_names(config: BigBirdConfig) -> dict[str, str]:
+        return {**_encoder_names(config), **_LM_HEAD_NAMES}
+
+    def __call__(
+        self,
+        input_ids: Int[ArrayLike, " seq"],
+        attention_mask: MaskLike = None,
+        token_type_ids: Int[ArrayLike, " seq"] | None = None,
+        position_ids: Int[ArrayLike, " seq"] | None = None,
+        head_mask: HeadMask = None,
+        *,
+        encoder_hidden_states: Float[ArrayLike, "enc_seq hidden"] | None = None,
+        encoder_attention_mask: Int[ArrayLike, " enc_seq"] | Bool[ArrayLike, " enc_seq"]
+        | None = None,
+        past_key_values: KVCache | None = None,
+        key: PRNGKeyArray | None = None,
+        inference: bool | None = None,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+    ) -> CausalLMOutputWithCrossAttentions:
+        """Next-token logits of one sequence (or of the next tokens, given a cache).
+
+        **Arguments:** as `BigBirdModel` (`encoder_hidden_states`, `encoder_attention_mask`,
+        `past_key_values` included). With a cache, `attention_mask` covers the new tokens only
+        (the cache remembers the earlier ones).
+
+        **Returns:** a `CausalLMOutputWithCrossAttentions`.
+        """
+        inference = _mode(self, inference, key)
+        out = self.bert(
+            input_ids, attention_mask, token_type_ids, position_ids, head_mask,
+            encoder_hidden_states=encoder_hidden_states,
+            encoder_attention_mask=encoder_attention_mask, past_key_values=past_key_values,
+            key=key, inference=inference, output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+        )
+        return CausalLMOutputWithCrossAttentions(
+            logits=self.cls(out.last_hidden_state, self.bert.embeddings.word_embeddings.weight),
+            past_key_values=out.past_key_values,
+            hidden_states=out.hidden_states,
+            attentions=out.attentions,
+            cross_attentions=out.cross_attentions,
+        )
+
+
+class BigBirdClassificationHead(eqx.Module):
+    """HF BigBird's sentence classifier: first token -> dropout -> dense -> activation ->
+    dropout -> out_proj (it does not use the pooler)."""
+
+    dense: eqx.nn.Linear
+    out_proj: eqx.nn.Linear
+    dropout: eqx.nn.Dropout
+    hidden_act: str = eqx.field(static=True)
+
+    def __init__(self, config: BigBirdConfig, *, key: PRNGKeyArray):
+        kd, ko = jr.split(key)
+        h, std = config.hidden_size, config.initializer_range
+        self.dense = _normal_linear(h, h, std=std, key=kd)
+        self.out_proj = _normal_linear(h, config.num_labels, std=std, key=ko)
+        self.dropout = _dropout(_classifier_dropout(config))
+        self.hidden_act = config.hidden_act
+
+    def __call__(
+        self, h: Float[Array, "seq hidden"], *, key: PRNGKeyArray | None, inference: bool
+    ) -> Float[Array, " labels"]:
+        k1, k2 = split_key(key)
+        x = self.dropout(h[0], key=k1, inference=inference)
+        x = ACTIVATIONS[self.hidden_act](self.dense(x))
+        x = self.dropout(x, key=k2, inference=inference)
+        return self.out_proj(x)
+
+
+class BigBirdForSequenceClassification(_Head):
+    """Sequence classification / regression (HF `BigBirdForSequenceClassification`);
+    `config.num_labels` outputs (see `eqx_bigbird.sequence_classification_loss` for the loss per
+    `config.problem_type`)."""
+
+    bert: BigBirdModel
+    classifier: BigBirdClassificationHead
+    config: BigBirdConfig = eqx.field(static=True)
+    inference: bool = False
+
+    def __init__(self, config: BigBirdConfig, *, key: PRNGKeyArray, scan_layers: bool = True):
+        kb, kc = jr.split(key)
+        # HF computes (and stores) a pooler here that the classifier never reads.
+        self.bert = BigBirdModel(config, key=kb, add_pooling_layer=True, scan_layers=scan_layers)
+        self.classifier = BigBirdClassificationHead(config, key=kc)
+        self.config = config
+        self.inference = False
+
+    @staticmethod
+    def hf_names(config: BigBirdConfig) -> dict[str, str]:
+        return {**_encoder_names(config), "classifier": "classifier"}
+
+    def __call__(
+        self,
+        input_ids: Int[ArrayLike, " seq"],
+        attention_mask: MaskLike = None,
+        token_type_ids: Int[ArrayLike, " seq"] | None = None,
+        position_ids: Int[ArrayLike, " seq"] | None = None,
+        head_mask: HeadMask = None,
+        *,
+        key: PRNGKeyArray | None = None,
+        inference: bool | None = None,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+    ) -> SequenceClassifierOutput:
+        """Class logits (or regression outputs) of one sequence.
+
+        **Arguments:** as `BigBirdModel`.
+
+        **Returns:** a `SequenceClassifierOutput` (`logits`: `(num_labels,)`).
+        """
+        inference = _mode(self, inference, key)
+        k_bert, k_head = split_key(key)
+        out = self.bert(
+            input_ids, attention_mask, token_type_ids, position_ids, head_mask, key=k_bert,
+            inference=inference, output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+        )
+        return SequenceClassifierOutput(
+            logits=self.classifier(out.last_hidden_state, key=k_head, inference=inference),
+            hidden_states=out.hidden_states,
+            attentions=out.attentions,
+        )
+
+
+class BigBirdForMultipleChoice(_Head):
+    """Multiple choice (HF `BigBirdForMultipleChoice`): each choice is encoded, its pooled output
+    goes through dropout and a dense layer to one score. One example is `(num_choices, seq)`."""
+
+    bert: BigBirdModel
+    classifier: eqx.nn.Linear
+    dropout: eqx.nn.Dropout
+    config: BigBirdConfig = eqx.field(static=True)
+    inference: bool = False
+
+    def __init__(self, config: BigBirdConfig, *, key: PRNGKeyArray, scan_layers: bool = True):
+        kb, kc = jr.split(key)
+        self.bert = BigBirdModel(config, key=kb, add_pooling_layer=True, scan_layers=scan_layers)
+        self.classifier = _normal_linear(config.hidden_size, 1, std=config.initializer_range, key=kc)
+        self.dropout = _dropout(config.hidden_dropout_prob)
+        self.config = config
+        self.inference = False
+
+    @staticmethod
+    def hf_names(config: BigBirdConfig) -> dict[str, str]:
+        return {**_encoder_names(config), "classifier": "classifier"}
+
+    def __call__(
+        self,
+        input_ids: Int[ArrayLike, "choices seq"],
+        attention_mask: Int[ArrayLike, "choices seq"] | Bool[ArrayLike, "choices seq"] | None = None,
+        token_type_ids: Int[ArrayLike, "choices seq"] | None = None,
+        position_ids: Int[ArrayLike, "choices seq"] | None = None,
+        head_mask: HeadMask = None,
+        *,
+        key: PRNGKeyArray | None = None,
+        inference: bool | None = None,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+    ) -> MultipleChoiceModelOutput:
+        """Scores of the choices of one example.
+
+        **Arguments:** as `BigBirdModel`, each `(num_choices, seq)`.
+
+        **Returns:** a `MultipleChoiceModelOutput` (`logits`: `(num_choices,)`).
+        """
+        inference = _mode(self, inference, key)
+        input_ids = jnp.asarray(input_ids)
+        if input_ids.ndim != 2:
+            raise ValueError(
+                f"BigBirdForMultipleChoice takes one example of shape (num_choices, seq), got "
+                f"{input_ids.shape}; for a batch use jax.vmap"
+            )
+        choices = input_ids.shape[0]
+        k_bert, k_drop = split_key(key)
+        keys = None if k_bert is None else jr.split(k_bert, choices)
+
+        def encode(ids, mask, types, pos, k):
+            return self.bert(
+                ids, mask, types, pos, head_mask, key=k, inference=inference,
+                output_hidden_states=output_hidden_states, output_attentions=output_attentions,
+            )
+
+        optional = [None if a is None else jnp.asarray(a) for a in (attention_mask, token_type_ids, position_ids)]
+        out = jax.vmap(encode)(input_ids, *optional, keys)
+        pooled = self.dropout(out.pooler_output, key=k_drop, inference=inference)
+        return MultipleChoiceModelOutput(
+            logits=_apply(self.classifier, pooled)[:, 0],
+            hidden_states=out.hidden_states,
+            attentions=out.attentions,
+        )
+
+
+class BigBirdForTokenClassification(_Head):
+    """Per-token classification (HF `BigBirdForTokenClassification`): dropout, dense."""
+
+    bert: BigBirdModel
+    classifier: eqx.nn.Linear
+    dropout: eqx.nn.Dropout
+    config: BigBirdConfig = eqx.field(static=True)
+    inference: bool = False
+
+    def __init__(self, config: BigBirdConfig, *, key: PRNGKeyArray, scan_layers: bool = True):
+        kb, kc = jr.split(key)
+        self.bert = BigBirdModel(config, key=kb, add_pooling_layer=False, scan_layers=scan_layers)
+        self.classifier = _normal_linear(
+            config.hidden_size, config.num_labels, std=config.initializer_range, key=kc
+        )
+        self.dropout = _dropout(_classifier_dropout(config))
+        self.config = config
+        self.inference = False
+
+    @staticmethod
+    def hf_names(config: BigBirdConfig) -> dict[str, str]:
+        return {**_encoder_names(config), "classifier": "classifier"}
+
+    def __call__(
+        self,
+        input_ids: Int[ArrayLike, " seq"],
+        attention_mask: MaskLike = None,
+        token_type_ids: Int[ArrayLike, " seq"] | None = None,
+        position_ids: Int[ArrayLike, " seq"] | None = None,
+        head_mask: HeadMask = None,
+        *,
+        key: PRNGKeyArray | None = None,
+        inference: bool | None = None,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+    ) -> TokenClassifierOutput:
+        """Label logits for every token of one sequence.
+
+        **Arguments:** as `BigBirdModel`.
+
+        **Returns:** a `TokenClassifierOutput` (`logits`: `(seq, num_labels)`).
+        """
+        inference = _mode(self, inference, key)
+        k_bert, k_drop = split_key(key)
+        out = self.bert(
+            input_ids, attention_mask, token_type_ids, position_ids, head_mask, key=k_bert,
+            inference=inference, output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+        )
+        h = self.dropout(out.last_hidden_state, key=k_drop, inference=inference)
+        return TokenClassifierOutput(
+            logits=_apply(self.classifier, h),
+            hidden_states=out.hidden_states,
+            attentions=out.attentions,
+        )
+
+
+class BigBirdQuestionAnsweringHead(eqx.Module):
+    """HF's QA head: dropout -> intermediate (dense, activation) -> output (dense, dropout,
+    residual LayerNorm) -> dense to 2 (start, end)."""
+
+    intermediate: eqx.nn.Linear
+    output: eqx.nn.Linear
+    output_norm: eqx.nn.LayerNorm
+    qa_outputs: eqx.nn.Linear
+    dropout: eqx.nn.Dropout
+    hidden_act: str = eqx.field(static=True)
+
+    def __init__(self, config: BigBirdConfig, *, key: PRNGKeyArray):
+        ki, ko, kq = jr.split(key, 3)
+        h, i, std = config.hidden_size, config.intermediate_size, config.initializer_range
+        self.intermediate = _normal_linear(h, i, std=std, key=ki)
+        self.output = _normal_linear(i, h, std=std, key=ko)
+        self.output_norm = eqx.nn.LayerNorm(h, eps=config.layer_norm_eps)
+        self.qa_outputs = _normal_linear(h, 2, std=std, key=kq)
+        self.dropout = _dropout(config.hidden_dropout_prob)
+        self.hidden_act = config.hidden_act
+
+    def __call__(
+        self, h: Float[Array, "seq hidden"], *, key: PRNGKeyArray | None, inference: bool
+    ) -> Float[Array, "seq 2"]:
+        k1, k2 = split_key(key)
+        x = self.dropout(h, key=k1, inference=inference)
+        x = ACTIVATIONS[self.hidden_act](_apply(self.intermediate, x))
+        # HF PyTorch drops out here in training (HF Flax never does: a missing `deterministic`).
+        x = self.dropout(_apply(self.output, x), key=k2, inference=inference)
+        return _apply(self.qa_outputs, _apply(self.output_norm, x + h))
+
+
+_QA_HEAD_NAMES = {
+    "qa_classifier.intermediate": "qa_classifier.intermediate.dense",
+    "qa_classifier.output": "qa_classifier.output.dense",
+    "qa_classifier.output_norm": "qa_classifier.output.LayerNorm",
+    "qa_classifier.qa_outputs": "qa_classifier.qa_outputs",
+}
+
+
+class BigBirdForQuestionAnswering(_Head):
+    """Extractive QA (HF `BigBirdForQuestionAnswering`): start and end logits per token, with the
+    question's tokens (except [CLS]) pushed down by 1e6 as HF does. `config.num_labels` is set to 2.
+    """
+
+    bert: BigBirdModel
+    qa_classifier: BigBirdQuestionAnsweringHead
+    config: BigBirdConfig = eqx.field(static=True)
+    inference: bool = False
+
+    def __init__(self, config: BigBirdConfig, *, key: PRNGKeyArray, scan_layers: bool = True):
+        if config.num_labels != 2:
+            config = config.replace(num_labels=2)  # HF forces it as well
+        kb, kq = jr.split(key)
+        self.bert = BigBirdModel(config, key=kb, add_pooling_layer=False, scan_layers=scan_layers)
+        self.qa_classifier = BigBirdQuestionAnsweringHead(config, key=kq)
+        self.config = config
+        self.inference = False
+
+    @staticmethod
+    def hf_names(config: BigBirdConfig) -> dict[str, str]:
+        return {**_encoder_names(config), **_QA_HEAD_NAMES}
+
+    def __call__(
+        self,
+        input_ids: Int[ArrayLike, " seq"],
+        attention_mask: MaskLike = None,
+        question_lengths: Int[ArrayLike, ""] | None = None,
+        token_type_ids: Int[ArrayLike, " seq"] | None = None,
+        position_ids: Int[ArrayLike, " seq"] | None = None,
+        head_mask: HeadMask = None,
+        *,
+        key: PRNGKeyArray | None = None,
+        inference: bool | None = None,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+    ) -> BigBirdForQuestionAnsweringModelOutput:
+        """Span start/end logits of one `[CLS] question [SEP] context [SEP]` sequence.
+
+        **Arguments:** as `BigBirdModel`, plus `question_lengths`: `()` the number of leading
+        tokens that are the question (default, as HF: up to and including the first
+        `sep_token_id`). Tokens `1 .. question_lengths - 1` get `-1e6` on both logits ([CLS] is
+        kept, for "no answer"); default `token_type_ids` are 0 there and on [CLS], 1 after.
+
+        **Returns:** a `BigBirdForQuestionAnsweringModelOutput`.
+        """
+        inference = _mode(self, inference, key)
+        input_ids = jnp.asarray(input_ids)
+        seq = input_ids.shape[-1]
+        question_mask = None
+        if question_lengths is None and self.config.sep_token_id is not None:
+            question_lengths = jnp.argmax(input_ids == self.config.sep_token_id) + 1
+        if question_lengths is not None:
+            q_len = jnp.asarray(question_lengths)
+            if q_len.shape != ():
+                raise ValueError(f"question_lengths must be a scalar per example, got {q_len.shape}")
+            in_question = jnp.arange(seq) < q_len.astype(jnp.int32)
+            if token_type_ids is None:
+                token_type_ids = (~in_question).astype(jnp.int32)
+            question_mask = in_question.at[0].set(False)
+        k_bert, k_head = split_key(key)
+        out = self.bert(
+            input_ids, attention_mask, token_type_ids, position_ids, head_mask, key=k_bert,
+            inference=inference, output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+        )
+        logits = self.qa_classifier(out.last_hidden_state, key=k_head, inference=inference)
+        if question_mask is not None:
+            logits = logits - question_mask[:, None].astype(logits.dtype) * 1e6
+        return BigBirdForQuestionAnsweringModelOutput(
+            start_logits=logits[:, 0],
+            end_logits=logits[:, 1],
+            hidden_states=out.hidden_states,
+            attentions=out.attentions,
+        )
