@@ -1,0 +1,139 @@
+"""Training utilities: an optax train step with gradient accumulation and buffer donation, and
+masked-LM input corruption. Any loss from `eqx_bigbird` (or your own) plugs in.
+
+    optimizer = optax.adamw(1e-4)
+    state = TrainState.create(model, optimizer)
+    step = make_train_step(loss_fn, optimizer, accumulation_steps=4)
+    for batch in data:
+        state, metrics = step(state, batch, key)   # key: split inside, per micro-batch
+
+`loss_fn(model, batch, *, key) -> scalar` sees a whole micro-batch (a pytree of arrays with a
+leading batch axis) and does its own `jax.vmap` over examples, so it decides how to average.
+"""
+
+from collections.abc import Callable
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import optax
+from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray, PyTree
+
+__all__ = ["TrainState", "make_train_step", "mask_tokens"]
+
+
+class TrainState(eqx.Module):
+    """Model, optimizer state and step count: everything a train step updates."""
+
+    model: eqx.Module
+    opt_state: PyTree
+    step: Int[Array, ""]
+
+    @classmethod
+    def create(cls, model: eqx.Module, optimizer: optax.GradientTransformation) -> "TrainState":
+        opt_state = optimizer.init(eqx.filter(model, eqx.is_inexact_array))
+        return cls(model=model, opt_state=opt_state, step=jnp.zeros((), jnp.int32))
+
+
+def make_train_step(
+    loss_fn: Callable[..., Float[Array, ""]],
+    optimizer: optax.GradientTransformation,
+    *,
+    accumulation_steps: int = 1,
+    donate: bool = True,
+) -> Callable[[TrainState, PyTree, PRNGKeyArray], tuple[TrainState, dict[str, Any]]]:
+    """A jit-compiled `step(state, batch, key) -> (state, metrics)`.
+
+    **Arguments:**
+    - `loss_fn`: `loss_fn(model, micro_batch, *, key) -> scalar loss`.
+    - `optimizer`: any optax transformation; updates apply to the model's inexact arrays.
+    - `accumulation_steps`: the batch's leading axis is split into this many micro-batches whose
+      gradients are averaged (a `lax.scan`, so memory is one micro-batch's); the batch size must
+      divide evenly.
+    - `donate`: donate the old state's buffers to the new one (halves the state's peak memory;
+      the `state` passed in must not be used afterwards).
+
+    **Returns:** the step function; `metrics` holds `loss` (mean over micro-batches) and
+    `grad_norm`.
+    """
+    if accumulation_steps < 1:
+        raise ValueError(f"accumulation_steps must be >= 1, got {accumulation_steps}")
+
+    def micro(model, batch, key):
+        return eqx.filter_value_and_grad(lambda m: loss_fn(m, batch, key=key))(model)
+
+    def step(batch, state, key):
+        model = state.model
+        if accumulation_steps == 1:
+            loss, grads = micro(model, batch, key)
+        else:
+            def split(x):
+                if x.shape[0] % accumulation_steps:
+                    raise ValueError(
+                        f"batch size {x.shape[0]} is not divisible by accumulation_steps="
+                        f"{accumulation_steps}"
+                    )
+                return x.reshape(accumulation_steps, x.shape[0] // accumulation_steps, *x.shape[1:])
+
+            micro_batches = jax.tree_util.tree_map(split, batch)
+            params, static = eqx.partition(model, eqx.is_inexact_array)
+            zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
+
+            def body(carry, xs):
+                loss_sum, grad_sum = carry
+                mb, k = xs
+                loss, grads = micro(eqx.combine(params, static), mb, k)
+                grads = eqx.filter(grads, eqx.is_inexact_array)
+                grad_sum = jax.tree_util.tree_map(jnp.add, grad_sum, grads)
+                return (loss_sum + loss, grad_sum), None
+
+            keys = jr.split(key, accumulation_steps)
+            (loss, grads), _ = jax.lax.scan(body, (jnp.zeros(()), zeros), (micro_batches, keys))
+            loss = loss / accumulation_steps
+            grads = jax.tree_util.tree_map(lambda g: g / accumulation_steps, grads)
+        params = eqx.filter(model, eqx.is_inexact_array)
+        # optax relies on implicit dtype promotion (e.g. Adam's bias correction), which a user
+        # running JAX in strict promotion mode for their own code would otherwise trip over.
+        with jax.numpy_dtype_promotion("standard"):
+            updates, opt_state = optimizer.update(
+                eqx.filter(grads, eqx.is_inexact_array), state.opt_state, params
+            )
+        model = eqx.apply_updates(model, updates)
+        metrics = {"loss": loss, "grad_norm": optax.global_norm(eqx.filter(grads, eqx.is_array))}
+        return TrainState(model=model, opt_state=opt_state, step=state.step + 1), metrics
+
+    # equinox donates every argument but the first: the batch stays the caller's.
+    jitted = eqx.filter_jit(step, donate="all-except-first" if donate else "none")
+
+    def train_step(state: TrainState, batch: PyTree, key: PRNGKeyArray):
+        return jitted(batch, state, key)
+
+    return train_step
+
+
+def mask_tokens(
+    key: PRNGKeyArray,
+    input_ids: Int[Array, " seq"],
+    *,
+    mask_token_id: int,
+    vocab_size: int,
+    maskable: Bool[Array, " seq"] | None = None,
+    probability: float = 0.15,
+) -> tuple[Int[Array, " seq"], Int[Array, " seq"]]:
+    """BERT's masked-LM corruption of one sequence: pick `probability` of the maskable tokens;
+    of those, 80% become the mask token, 10% a random token, 10% stay.
+
+    **Returns:** `(corrupted_ids, labels)` with labels -100 (ignored) where nothing was picked.
+    """
+    k_pick, k_kind, k_rand = jr.split(key, 3)
+    if maskable is None:
+        maskable = jnp.ones(input_ids.shape, bool)
+    picked = jr.bernoulli(k_pick, probability, input_ids.shape) & maskable
+    kind = jr.uniform(k_kind, input_ids.shape)
+    random_ids = jr.randint(k_rand, input_ids.shape, 0, vocab_size, input_ids.dtype)
+    corrupted = jnp.where(picked & (kind < 0.8), mask_token_id, input_ids)
+    corrupted = jnp.where(picked & (kind >= 0.8) & (kind < 0.9), random_ids, corrupted)
+    labels = jnp.where(picked, input_ids, -100)
+    return corrupted.astype(input_ids.dtype), labels.astype(input_ids.dtype)
