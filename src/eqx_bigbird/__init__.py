@@ -53,3 +53,14 @@ from ._losses import question_answering_loss as question_answering_loss
 from ._losses import sequence_classification_loss as sequence_classification_loss
 from ._losses import token_classification_loss as token_classification_loss
 from ._modules import KVCache as KVCache
+from ._modules import CHECKPOINT_POLICIES as CHECKPOINT_POLICIES
+from ._modules import RANDOM_ATTENTION_MODES as RANDOM_ATTENTION_MODES
+from ._modules import with_options as with_options
+from . import sharding as sharding
+from .sharding import load_sharded as load_sharded
+from .sharding import make_mesh as make_mesh
+from .sharding import make_sharded_train_step as make_sharded_train_step
+from .sharding import save_sharded as save_sharded
+from .sharding import shard_batch as shard_batch
+from .sharding import shard_state as shard_state
+from .sharding import state_shardings as state_shardings

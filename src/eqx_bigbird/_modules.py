@@ -1,12 +1,16 @@
 """The BigBird encoder: embeddings, self-attention kinds, the scanned layer stack, the model."""
 
 import abc
+import dataclasses
+import inspect
+import typing
 import warnings
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
+import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Float, Int, PRNGKeyArray, Real
 
 from . import sparse_attention as sa
@@ -396,21 +400,62 @@ class BigBirdLayer(eqx.Module):
         return _apply(self.output_norm, f + h), probs, cross_probs, cache
 
 
+# Gradient checkpointing policies for the scanned layer body (`jax.checkpoint_policies`).
+# "dots_with_no_batch_dims_saveable" keeps the projection/FFN matmul outputs and recomputes the
+# batched attention einsums: JAX's suggested heuristic for transformers, and BigBird's split.
+CHECKPOINT_POLICIES = {
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots_saveable": jax.checkpoint_policies.dots_saveable,
+    "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
+
+
+def _cast_floats(tree, dtype):
+    return jax.tree_util.tree_map(
+        lambda a: a.astype(dtype) if eqx.is_inexact_array(a) else a, tree
+    )
+
+
 class BigBirdEncoder(eqx.Module):
     """`num_hidden_layers` layers stored stacked (leading axis) and run with `lax.scan`.
 
-    `scan_layers=False` (static) unrolls the same stacked weights into a Python loop instead.
+    Static execution options (they change how, not what, is computed; see `with_options`):
+    - `scan_layers=False` unrolls the same stacked weights into a Python loop;
+    - `gradient_checkpointing`: a `CHECKPOINT_POLICIES` name; the scanned layer body is wrapped in
+      `eqx.filter_checkpoint` with that policy, trading recomputation for activation memory;
+    - `compute_dtype`: run the layers in "bfloat16"/"float16" with float32 parameters (cast per
+      layer inside the scan); softmax and LayerNorm statistics stay float32.
     """
 
     layers: BigBirdLayer
     num_layers: int = eqx.field(static=True)
     scan_layers: bool = eqx.field(static=True)
+    gradient_checkpointing: str | None = eqx.field(static=True)
+    compute_dtype: str | None = eqx.field(static=True)
 
-    def __init__(self, config: BigBirdConfig, *, key: PRNGKeyArray, scan_layers: bool = True):
+    def __init__(
+        self,
+        config: BigBirdConfig,
+        *,
+        key: PRNGKeyArray,
+        scan_layers: bool = True,
+        gradient_checkpointing: str | None = None,
+        compute_dtype: str | None = None,
+    ):
+        if gradient_checkpointing not in (None, *CHECKPOINT_POLICIES):
+            raise ValueError(
+                f"gradient_checkpointing={gradient_checkpointing!r}; choose one of "
+                f"{sorted(CHECKPOINT_POLICIES)} or None"
+            )
+        if compute_dtype not in (None, *COMPUTE_DTYPES):
+            raise ValueError(f"compute_dtype={compute_dtype!r}; choose one of {COMPUTE_DTYPES}")
         keys = jr.split(key, config.num_hidden_layers)
         self.layers = eqx.filter_vmap(lambda k: BigBirdLayer(config, key=k))(keys)
         self.num_layers = config.num_hidden_layers
         self.scan_layers = scan_layers
+        self.gradient_checkpointing = gradient_checkpointing
+        self.compute_dtype = compute_dtype
 
     def __call__(
         self,
@@ -448,6 +493,8 @@ class BigBirdEncoder(eqx.Module):
 
         def step(h, xs):
             layer = eqx.combine(xs["params"], static)
+            if self.compute_dtype is not None:
+                layer = _cast_floats(layer, self.compute_dtype)
             h, probs, cross_probs, new_cache = layer(
                 h, mask, head_mask=xs.get("head_mask"), plan=xs.get("plan"), key=xs.get("key"),
                 inference=inference, output_attentions=output_attentions,
@@ -456,6 +503,12 @@ class BigBirdEncoder(eqx.Module):
             )
             return h, (h if output_hidden_states else None, probs, cross_probs, new_cache)
 
+        if self.gradient_checkpointing is not None:
+            step = eqx.filter_checkpoint(
+                step, policy=CHECKPOINT_POLICIES[self.gradient_checkpointing]
+            )
+        if self.compute_dtype is not None:
+            x = x.astype(self.compute_dtype)
         if self.scan_layers:
             x, (hidden, attentions, cross, new_cache) = jax.lax.scan(step, x, per_layer)
         else:
@@ -539,6 +592,15 @@ def _check_range(x, upper, name):
     return eqx.error_if(x, (x < 0) | (x >= upper), f"{name} out of range [0, {upper})")
 
 
+# How block-sparse attention picks its random blocks when no explicit `random_plan` is given:
+# - "resample" (default): HF's behaviour in inference (its eval plan: every random block is block
+#   0, so converted checkpoints give HF's numbers), and in training a fresh plan per call, layer,
+#   head and row drawn from the call's key (`sparse_attention.random_plan`).
+# - "fixed": the original paper's (and HF PyTorch training's) fixed plan per layer, numpy-seeded
+#   with the layer index (`sparse_attention.paper_plan`), in training AND inference.
+RANDOM_ATTENTION_MODES = ("resample", "fixed")
+
+
 class BigBirdModel(eqx.Module):
     """The BigBird encoder (HF `BigBirdModel` / `FlaxBigBirdModel`), called on ONE example.
 
@@ -552,6 +614,7 @@ class BigBirdModel(eqx.Module):
     encoder: BigBirdEncoder
     pooler: eqx.nn.Linear | None
     config: BigBirdConfig = eqx.field(static=True)
+    random_attention: str = eqx.field(static=True)
     inference: bool = False
 
     def __init__(
@@ -561,12 +624,26 @@ class BigBirdModel(eqx.Module):
         key: PRNGKeyArray,
         add_pooling_layer: bool = True,
         scan_layers: bool = True,
+        gradient_checkpointing: str | None = None,
+        compute_dtype: str | None = None,
+        random_attention: str = "resample",
     ):
+        """**Arguments:** `config`; `key` for the initial weights; `add_pooling_layer`; the
+        encoder's execution options `scan_layers`, `gradient_checkpointing`, `compute_dtype`
+        (see `BigBirdEncoder`); `random_attention` (see `RANDOM_ATTENTION_MODES`)."""
         ke, kl, kp = jr.split(key, 3)
         check_decoder_config(config)
+        if random_attention not in RANDOM_ATTENTION_MODES:
+            raise ValueError(
+                f"random_attention={random_attention!r}; choose one of {RANDOM_ATTENTION_MODES}"
+            )
         self.config = config
+        self.random_attention = random_attention
         self.embeddings = BigBirdEmbeddings(config, key=ke)
-        self.encoder = BigBirdEncoder(config, key=kl, scan_layers=scan_layers)
+        self.encoder = BigBirdEncoder(
+            config, key=kl, scan_layers=scan_layers,
+            gradient_checkpointing=gradient_checkpointing, compute_dtype=compute_dtype,
+        )
         h = config.hidden_size
         self.pooler = (
             _normal_linear(h, h, std=config.initializer_range, key=kp) if add_pooling_layer else None
@@ -588,7 +665,7 @@ class BigBirdModel(eqx.Module):
             return seq_len
         return -(-seq_len // self.config.block_size) * self.config.block_size
 
-    def __call__(
+    def _forward(
         self,
         input_ids: Int[ArrayLike, " seq"],
         attention_mask: Int[ArrayLike, " seq"] | Bool[ArrayLike, " seq"] | None = None,
@@ -739,6 +816,15 @@ class BigBirdModel(eqx.Module):
                     "(padded) tokens"
                 )
 
+        elif self.random_attention == "fixed" and self.uses_block_sparse(seq):
+            random_plan = jnp.asarray(np.stack([
+                sa.paper_plan(
+                    i, c.num_attention_heads, padded, c.block_size, c.num_random_blocks,
+                    max_position_embeddings=c.max_position_embeddings,
+                )
+                for i in range(c.num_hidden_layers)
+            ]))
+
         cache = new_mask = None
         if c.is_decoder:
             # Causal self-attention: query t (at position start + t) sees key slots <= its
@@ -772,9 +858,12 @@ class BigBirdModel(eqx.Module):
             new_cache = KVCache(key=cache[0], value=cache[1], mask=new_mask, index=start + seq)
         pooled = None
         if self.pooler is not None:
-            pooled = jnp.tanh(self.pooler(h[0]))
+            pooler = self.pooler
+            if self.encoder.compute_dtype is not None:
+                pooler = _cast_floats(pooler, self.encoder.compute_dtype)
+            pooled = jnp.tanh(pooler(h[0]))
         if output_hidden_states:
-            hidden = jnp.concatenate([x[None], hidden], axis=0)[:, :seq]
+            hidden = jnp.concatenate([x[None].astype(hidden.dtype), hidden], axis=0)[:, :seq]
         if output_attentions and pad:
             attentions = attentions[:, :, :seq, :seq]
         return BigBirdModelOutput(
@@ -785,6 +874,20 @@ class BigBirdModel(eqx.Module):
             cross_attentions=cross if output_attentions else None,
             past_key_values=new_cache,
         )
+
+    @typing.no_type_check
+    def __call__(self, input_ids, *args, **kwargs):
+        # A batch passed by mistake is the commonest error; it is caught here, before a runtime
+        # type checker (if the user switched one on) reports `_forward`'s annotations instead.
+        if jnp.ndim(input_ids) != 1:
+            raise ValueError(
+                f"BigBirdModel is called on one example: input_ids must be 1-D (seq,), got shape "
+                f"{jnp.shape(input_ids)}; for a batch use jax.vmap(model)(input_ids, ...)"
+            )
+        return self._forward(input_ids, *args, **kwargs)
+
+    __call__.__doc__ = _forward.__doc__
+    __call__.__signature__ = inspect.signature(_forward)
 
     @staticmethod
     def hf_names(config: BigBirdConfig) -> dict[str, str]:
@@ -811,3 +914,63 @@ class BigBirdModel(eqx.Module):
 
         save_pretrained(self, path, **kwargs)
 
+
+
+def _replace_static(module, **changes):
+    """A copy of `module` with some static fields changed (its arrays are shared, not copied)."""
+    new = object.__new__(type(module))
+    for f in dataclasses.fields(module):
+        object.__setattr__(new, f.name, changes.get(f.name, getattr(module, f.name)))
+    return new
+
+
+_UNSET = object()
+
+
+def with_options(
+    model,
+    *,
+    scan_layers=_UNSET,
+    gradient_checkpointing=_UNSET,
+    compute_dtype=_UNSET,
+    random_attention=_UNSET,
+):
+    """`model` (any module holding BigBird encoders: a `BigBirdModel` or a task head) with new
+    execution options; the weights are shared. See `BigBirdEncoder` and `RANDOM_ATTENTION_MODES`.
+
+    E.g. `with_options(head, gradient_checkpointing="dots_with_no_batch_dims_saveable",
+    compute_dtype="bfloat16")` before building a train step.
+    """
+    encoder_changes = {
+        name: value
+        for name, value in dict(
+            scan_layers=scan_layers, gradient_checkpointing=gradient_checkpointing,
+            compute_dtype=compute_dtype,
+        ).items()
+        if value is not _UNSET
+    }
+    if encoder_changes.get("gradient_checkpointing", None) not in (None, *CHECKPOINT_POLICIES):
+        raise ValueError(
+            f"gradient_checkpointing={gradient_checkpointing!r}; choose one of "
+            f"{sorted(CHECKPOINT_POLICIES)} or None"
+        )
+    if encoder_changes.get("compute_dtype", None) not in (None, *COMPUTE_DTYPES):
+        raise ValueError(f"compute_dtype={compute_dtype!r}; choose one of {COMPUTE_DTYPES}")
+    if random_attention is not _UNSET and random_attention not in RANDOM_ATTENTION_MODES:
+        raise ValueError(
+            f"random_attention={random_attention!r}; choose one of {RANDOM_ATTENTION_MODES}"
+        )
+
+    def fix(node):
+        if isinstance(node, BigBirdEncoder):
+            return _replace_static(node, **encoder_changes)
+        if isinstance(node, BigBirdModel):
+            changes = {"encoder": fix(node.encoder)}
+            if random_attention is not _UNSET:
+                changes["random_attention"] = random_attention
+            return _replace_static(node, **changes)
+        return node
+
+    return jax.tree_util.tree_map(
+        fix, model, is_leaf=lambda x: isinstance(x, (BigBirdEncoder, BigBirdModel))
+    )
