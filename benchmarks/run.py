@@ -37,6 +37,7 @@ class Job:
     mode: str  # "forward" | "train"
     attention: str  # "block_sparse" | "original_full"
     length: int
+    remat: str | None = None  # ours only: a gradient-checkpointing policy for "train"
 
 
 # -- FLOP model ------------------------------------------------------------------------------------
@@ -92,11 +93,11 @@ def _inputs(cfg, n, seed=0):
     return rng.integers(5, cfg["vocab_size"], (n,)).astype(np.int32)
 
 
-def child(job: Job, cfg: dict, checkpoint: str | None, reps: int) -> dict:
-    import jax
+def _forward_fn(job, cfg, checkpoint):
+    """(function, args) of one inference forward pass on `job.length` tokens."""
     import jax.numpy as jnp
 
-    ids = _inputs(cfg, job.length)
+    ids = jnp.asarray(_inputs(cfg, job.length))
     overrides = {"attention_type": job.attention}
     if job.impl == "ours":
         import equinox as eqx
@@ -110,28 +111,85 @@ def child(job: Job, cfg: dict, checkpoint: str | None, reps: int) -> dict:
             config = eb.BigBirdConfig(**cfg, **overrides)
             model = eqx.nn.inference_mode(eb.BigBirdModel(config, key=jr.PRNGKey(0)))
         params, static = eqx.partition(model, eqx.is_array)
+        return (lambda p, x: eqx.combine(p, static)(x).last_hidden_state), (params, ids)
+    import transformers
 
-        def forward(p, x):
-            return eqx.combine(p, static)(x).last_hidden_state
+    from .hf import lenient
 
-        args = (params, jnp.asarray(ids))
-    else:
-        import transformers
+    with lenient():
+        config = transformers.BigBirdConfig(**cfg, **overrides)
+        model = transformers.FlaxBigBirdModel.from_pretrained(checkpoint, config=config)
 
-        from .hf import lenient
-
+    def forward(p, x):
         with lenient():
-            config = transformers.BigBirdConfig(**cfg, **overrides)
-            model = transformers.FlaxBigBirdModel.from_pretrained(checkpoint, config=config)
+            return model(x[None], params=p).last_hidden_state[0]
 
-        def forward(p, x):
-            with lenient():
-                return model(x[None], params=p).last_hidden_state[0]
+    return forward, (model.params, ids)
 
-        args = (model.params, jnp.asarray(ids))
 
+def _train_fn(job, cfg, checkpoint):
+    """(function, args) of one masked-LM training step's value_and_grad: 15% of the tokens
+    masked, dropout on, random attention on. Ours computes logits only at the masked positions;
+    HF has no such option and computes them everywhere."""
+    import jax
+    import jax.numpy as jnp
+    import jax.random as jr
+    import numpy as np
+
+    n = job.length
+    ids = _inputs(cfg, n)
+    rng = np.random.default_rng(1)
+    positions = np.sort(rng.choice(n, size=max(1, round(0.15 * n)), replace=False)).astype(np.int32)
+    overrides = {"attention_type": job.attention}
+    if job.impl == "ours":
+        import equinox as eqx
+
+        import eqx_bigbird as eb
+
+        if checkpoint:
+            model = eb.BigBirdForMaskedLM.from_pretrained(checkpoint, config_overrides=overrides)
+        else:
+            model = eb.BigBirdForMaskedLM(eb.BigBirdConfig(**cfg, **overrides), key=jr.PRNGKey(0))
+        model = eb.with_options(
+            eqx.nn.inference_mode(model, False), gradient_checkpointing=job.remat
+        )
+        params, static = eqx.partition(model, eqx.is_inexact_array)
+        labels = jnp.asarray(ids[positions])
+
+        def loss(p, x, pos, key):
+            logits = eqx.combine(p, static)(x, positions=pos, key=key).logits
+            return eb.masked_lm_loss(logits, labels)
+
+        return jax.value_and_grad(loss), (params, jnp.asarray(ids), jnp.asarray(positions), jr.PRNGKey(1))
+    import optax
+    import transformers
+
+    from .hf import lenient
+
+    with lenient():
+        config = transformers.BigBirdConfig(**cfg, **overrides)
+        model = transformers.FlaxBigBirdForMaskedLM.from_pretrained(checkpoint, config=config)
+    labels = np.full(n, -100, np.int32)
+    labels[positions] = ids[positions]
+    labels = jnp.asarray(labels)
+
+    def loss(p, x, key):
+        k1, k2 = jr.split(key)
+        with lenient():
+            logits = model(x[None], params=p, train=True, dropout_rng=k1, indices_rng=k2).logits[0]
+            valid = labels != -100
+            nll = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.where(valid, labels, 0))
+            return jnp.sum(jnp.where(valid, nll, 0.0)) / valid.sum()
+
+    return jax.value_and_grad(loss), (model.params, jnp.asarray(ids), jr.PRNGKey(1))
+
+
+def child(job: Job, cfg: dict, checkpoint: str | None, reps: int) -> dict:
+    import jax
+
+    fn, args = (_forward_fn if job.mode == "forward" else _train_fn)(job, cfg, checkpoint)
     t0 = time.perf_counter()
-    compiled = jax.jit(forward).lower(*args).compile()
+    compiled = jax.jit(fn).lower(*args).compile()
     compile_s = time.perf_counter() - t0
     median, times = _timed(lambda: compiled(*args), reps)
     return dict(compile_s=compile_s, median_s=median, times_s=times, peak_rss_gb=_peak_rss_gb())
@@ -153,7 +211,8 @@ def matmul_rate(reps=5) -> float:
 
 
 def _make_checkpoint(cfg: dict, folder: str) -> str | None:
-    """HF Flax random weights saved with `save_pretrained`; both sides load them."""
+    """HF Flax random weights (a PreTraining model: encoder, pooler and MLM head) saved with
+    `save_pretrained`; both sides load what they need from it."""
     try:
         import transformers
     except ImportError:
@@ -162,7 +221,9 @@ def _make_checkpoint(cfg: dict, folder: str) -> str | None:
 
     with lenient():
         config = transformers.BigBirdConfig(**cfg)
-        model = transformers.FlaxBigBirdModel(config, seed=0, input_shape=(1, 16 * cfg["block_size"]))
+        model = transformers.FlaxBigBirdForPreTraining(
+            config, seed=0, input_shape=(1, 16 * cfg["block_size"])
+        )
         model.save_pretrained(folder)
     return folder
 
@@ -188,14 +249,15 @@ def _markdown(rows, rate):
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
+        impl = r["impl"] + (f" (remat {r['remat']})" if r.get("remat") else "")
         if "error" in r:
             lines.append(
-                f"| {r['impl']} | {r['mode']} | {r['attention']} | {r['length']} | "
+                f"| {impl} | {r['mode']} | {r['attention']} | {r['length']} | "
                 f"{r['error']} | | | | | |"
             )
             continue
         lines.append(
-            f"| {r['impl']} | {r['mode']} | {r['attention']} | {r['length']} | "
+            f"| {impl} | {r['mode']} | {r['attention']} | {r['length']} | "
             f"{r['compile_s']:.1f} | {r['median_s']:.3f} | {1e3 * r['median_s'] / r['length']:.3f} | "
             f"{r['gflops']:.1f} | {100 * r['fraction_of_matmul']:.0f}% | {r['peak_rss_gb']:.2f} |"
         )
@@ -203,11 +265,20 @@ def _markdown(rows, rate):
     if ratios:
         lines += ["", "| mode | attention | tokens | ours / HF throughput |", "|---|---|---|---|"]
         lines += [f"| {m} | {a} | {n} | {x:.2f}x |" for (m, a, n), x in sorted(ratios.items())]
+    lines += [
+        "",
+        "GFLOP/s use the FLOP model (performance.md section 4) for both implementations; training "
+        "counts the MLM head at the 15% masked positions only (HF computes it at every position).",
+    ]
     return "\n".join(lines) + "\n"
 
 
 def _ratios(rows):
-    by = {(r["impl"], r["mode"], r["attention"], r["length"]): r for r in rows if "error" not in r}
+    by = {
+        (r["impl"], r["mode"], r["attention"], r["length"]): r
+        for r in rows
+        if "error" not in r and not r.get("remat")
+    }
     return {
         (m, a, n): by[("hf", m, a, n)]["median_s"] / r["median_s"]
         for (impl, m, a, n), r in by.items()
@@ -255,6 +326,12 @@ def main(argv=None):
     p.add_argument("--lengths", type=int, nargs="*")
     p.add_argument("--attention", nargs="*", default=["block_sparse", "original_full"])
     p.add_argument("--impls", nargs="*", default=["ours", "hf"])
+    p.add_argument("--modes", nargs="*", default=["forward", "train"])
+    p.add_argument("--train-lengths", type=int, nargs="*")
+    p.add_argument(
+        "--remat", nargs="*", default=[None, "dots_with_no_batch_dims_saveable"],
+        help="gradient-checkpointing policies to measure for our training step",
+    )
     p.add_argument("--reps", type=int)
     p.add_argument("--timeout", type=int, default=3600, help="seconds per measurement")
     p.add_argument("--child", help=argparse.SUPPRESS)
@@ -269,6 +346,7 @@ def main(argv=None):
     cfg = QUICK if args.quick else BASE
     lengths = args.lengths or ([256, 512] if args.quick else [1024, 4096, 8192, 16384])
     reps = args.reps or (2 if args.quick else 3)
+    train_lengths = args.train_lengths or ([256] if args.quick else [4096])
     os.makedirs(args.out, exist_ok=True)
     rate = matmul_rate()
     print(f"f32 matmul rate: {rate / 1e9:.1f} GFLOP/s", flush=True)
@@ -278,20 +356,32 @@ def main(argv=None):
         if checkpoint is None and "hf" in impls:
             print("transformers/flax not installed: measuring eqx-bigbird only", flush=True)
             impls.remove("hf")
-        jobs = [
-            Job(impl, "forward", attention, n)
-            for n in lengths
-            for attention in args.attention
-            for impl in impls
-            if attention == "block_sparse" or n <= FULL_ATTENTION_MAX
-        ]
+        jobs = []
+        if "forward" in args.modes:
+            jobs += [
+                Job(impl, "forward", attention, n)
+                for n in lengths
+                for attention in args.attention
+                for impl in impls
+                if attention == "block_sparse" or n <= FULL_ATTENTION_MAX
+            ]
+        if "train" in args.modes:
+            remats = [None if r in (None, "none") else r for r in args.remat]
+            for n in train_lengths:
+                for impl in impls:
+                    for remat in remats if impl == "ours" else [None]:
+                        jobs.append(Job(impl, "train", "block_sparse", n, remat))
         rows = []
         for i, job in enumerate(jobs, 1):
             print(f"[{i}/{len(jobs)}] {job}", flush=True)
             result = _run_child(job, cfg, checkpoint, reps, args.timeout)
             row = {**dataclasses.asdict(job), **result}
             if "error" not in row:
-                flops = forward_flops(cfg, job.length, job.attention)
+                flops = (
+                    forward_flops(cfg, job.length, job.attention)
+                    if job.mode == "forward"
+                    else train_flops(cfg, job.length, job.attention, round(0.15 * job.length))
+                )
                 row["gflops"] = flops / row["median_s"] / 1e9
                 row["fraction_of_matmul"] = flops / row["median_s"] / rate
             print("   ", {k: v for k, v in row.items() if k != "times_s"}, flush=True)
