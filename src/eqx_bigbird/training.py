@@ -43,6 +43,8 @@ def make_train_step(
     *,
     accumulation_steps: int = 1,
     donate: bool = True,
+    state_shardings: PyTree | None = None,
+    batch_sharding: PyTree | None = None,
 ) -> Callable[[TrainState, PyTree, PRNGKeyArray], tuple[TrainState, dict[str, Any]]]:
     """A jit-compiled `step(state, batch, key) -> (state, metrics)`.
 
@@ -54,6 +56,11 @@ def make_train_step(
       divide evenly.
     - `donate`: donate the old state's buffers to the new one (halves the state's peak memory;
       the `state` passed in must not be used afterwards).
+    - `state_shardings`, `batch_sharding`: for a device mesh (see `eqx_bigbird.sharding`). The
+      new state is constrained to `state_shardings` (a `jax.sharding.Sharding` per array leaf
+      of the state, `None` elsewhere) and gradients to its model part; the batch, and each
+      micro-batch along its batch axis, to `batch_sharding` (one `NamedSharding` for every leaf,
+      or a pytree of them). `None` leaves placement to XLA, as on one device.
 
     **Returns:** the step function; `metrics` holds `loss` (mean over micro-batches) and
     `grad_norm`.
@@ -65,6 +72,7 @@ def make_train_step(
         return eqx.filter_value_and_grad(lambda m: loss_fn(m, batch, key=key))(model)
 
     def step(batch, state, key):
+        batch = _constrain(batch, batch_sharding)
         model = state.model
         if accumulation_steps == 1:
             loss, grads = micro(model, batch, key)
@@ -78,6 +86,9 @@ def make_train_step(
                 return x.reshape(accumulation_steps, x.shape[0] // accumulation_steps, *x.shape[1:])
 
             micro_batches = jax.tree_util.tree_map(split, batch)
+            # Without this XLA may split the micro-batch axis over devices, and the scan would
+            # then gather every micro-batch everywhere.
+            micro_batches = _constrain(micro_batches, _micro_sharding(batch_sharding))
             params, static = eqx.partition(model, eqx.is_inexact_array)
             zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
 
@@ -93,6 +104,8 @@ def make_train_step(
             (loss, grads), _ = jax.lax.scan(body, (jnp.zeros(()), zeros), (micro_batches, keys))
             loss = loss / accumulation_steps
             grads = jax.tree_util.tree_map(lambda g: g / accumulation_steps, grads)
+        if state_shardings is not None:
+            grads = _constrain(grads, state_shardings.model)  # FSDP: reduce-scatter, not all-reduce
         params = eqx.filter(model, eqx.is_inexact_array)
         # optax relies on implicit dtype promotion (e.g. Adam's bias correction), which a user
         # running JAX in strict promotion mode for their own code would otherwise trip over.
@@ -102,7 +115,8 @@ def make_train_step(
             )
         model = eqx.apply_updates(model, updates)
         metrics = {"loss": loss, "grad_norm": optax.global_norm(eqx.filter(grads, eqx.is_array))}
-        return TrainState(model=model, opt_state=opt_state, step=state.step + 1), metrics
+        new = TrainState(model=model, opt_state=opt_state, step=state.step + 1)
+        return _constrain(new, state_shardings), metrics
 
     # equinox donates every argument but the first: the batch stays the caller's.
     jitted = eqx.filter_jit(step, donate="all-except-first" if donate else "none")
@@ -111,6 +125,23 @@ def make_train_step(
         return jitted(batch, state, key)
 
     return train_step
+
+
+def _constrain(tree, shardings):
+    if shardings is None:
+        return tree
+    arrays, rest = eqx.partition(tree, eqx.is_array)
+    return eqx.combine(jax.lax.with_sharding_constraint(arrays, shardings), rest)
+
+
+def _micro_sharding(batch_sharding):
+    """(accumulation, micro-batch, ...): the batch's spec moved one axis right."""
+    if batch_sharding is None:
+        return None
+    return jax.tree_util.tree_map(
+        lambda s: jax.sharding.NamedSharding(s.mesh, jax.sharding.PartitionSpec(None, *s.spec)),
+        batch_sharding,
+    )
 
 
 def mask_tokens(
