@@ -243,14 +243,13 @@ def block_sparse_attention(
     if dedup:
         s_glob = s_glob.at[..., :bs].add(dup[2:-2][None])
 
-    def window(xb):
-        return jnp.concatenate([xb[:, 1:-3], xb[:, 2:-2], xb[:, 3:-1]], axis=2)
-
-    s_win = jnp.einsum("hlqd,hlkd->hlqk", q_mid, window(kb)) * rsqrt_d + penalty(band)[None]
-    chunks = [
-        (s_glob, glob_v, "hlqk,hkd->hlqd"),
-        (s_win, window(vb), "hlqk,hlkd->hlqd"),
-    ]
+    # The window as three shifted views of the key blocks (block l-1, l, l+1 for query block l),
+    # each its own batched matmul: the window keys and values are never copied into place.
+    chunks = [(s_glob, glob_v, "hlqk,hkd->hlqd")]
+    for i in range(3):
+        s_win = jnp.einsum("hlqd,hlkd->hlqk", q_mid, kb[:, 1 + i : nb - 3 + i]) * rsqrt_d
+        s_win = s_win + penalty(band[:, :, i * bs : (i + 1) * bs])[None]
+        chunks.append((s_win, vb[:, 1 + i : nb - 3 + i], "hlqk,hlkd->hlqd"))
     if not dedup and r > 0:
         s_rand = jnp.einsum("hlqd,hlkd->hlqk", q_mid, gk[:, 1:-1]) * rsqrt_d
         chunks.append((s_rand + penalty(rand_mask[:, 1:-1]), gv[:, 1:-1], "hlqk,hlkd->hlqd"))
@@ -269,8 +268,8 @@ def block_sparse_attention(
     edge_rows = [
         jnp.concatenate(probs + [pad], axis=-1) for probs in (second_probs, second_last_probs)
     ]
-    p_glob, p_win, *p_rand = mid_probs
-    mid_rows = jnp.concatenate([p_glob[..., :bs], p_win, *p_rand, p_glob[..., bs:]], axis=-1)
+    p_glob, *p_window_and_rand = mid_probs
+    mid_rows = jnp.concatenate([p_glob[..., :bs], *p_window_and_rand, p_glob[..., bs:]], axis=-1)
     rows = jnp.concatenate([edge_rows[0][:, None], mid_rows, edge_rows[1][:, None]], axis=1)
     layout_plan = eval_plan(heads, nb, 0) if dedup else plan
     dense_rows = _scatter_key_blocks(rows, block_key_indices(layout_plan, nb), nb)
@@ -530,4 +529,95 @@ def hf_flax_plan(
     return _hf_plan(
         lambda x: jax.random.permutation(key, jnp.asarray(x)), jnp, num_heads, seq_len, block_size,
         num_random_blocks, max_position_embeddings,
+    )
+
+
+# -- Attention probabilities in their compact blocked form ------------------------------------------
+
+import equinox as eqx  # (this section was added after the rest, so its import is here)
+
+__all__ += ["BlockedProbs", "blocked_probs", "densify"]
+
+
+class BlockedProbs(eqx.Module):
+    """Block-sparse attention probabilities of one example, O(seq) memory.
+
+    - `global_rows`: the rows of query blocks 0 and nb-1, which attend every key.
+    - `rows`: for query blocks 1..nb-2, the weights of each key block listed in `key_blocks`
+      (`(5 + r) * bs` keys per row, slot `s` holds keys `key_blocks[..., s]`); a key block listed
+      twice (HF's eval plan) has its weight in each slot. Slot -1 of the edge rows is unused (0).
+    - `key_blocks`: `block_key_indices(plan, nb)`.
+    """
+
+    global_rows: Float[Array, "heads 2 bs seq"]
+    rows: Float[Array, "heads rows bs keys"]
+    key_blocks: Int[Array, "heads rows slots"]
+
+
+def blocked_probs(
+    q: Float[Array, "heads seq dim"],
+    k: Float[Array, "heads seq dim"],
+    mask: Real[Array, " seq"],
+    plan: Int[Array, "heads rows r"] | int,
+    *,
+    block_size: int,
+) -> BlockedProbs:
+    """The probabilities `block_sparse_attention` uses, in compact form (see `BlockedProbs`).
+
+    **Arguments:** as `block_sparse_attention` (an int `plan` is HF's eval plan, `eval_plan`).
+
+    **Returns:** a `BlockedProbs`; `densify` turns it into the dense `(heads, seq, seq)` map.
+    """
+    heads, seq, dim = q.shape
+    bs = block_size
+    nb = num_blocks(seq, bs)
+    _check_block_count(nb, bs)
+    if isinstance(plan, int):
+        plan = eval_plan(heads, nb, plan)
+    if plan.shape[:2] != (heads, nb - 2):
+        raise ValueError(f"plan has shape {plan.shape}, expected ({heads}, {nb - 2}, r)")
+    r = plan.shape[2]
+    rsqrt_d = 1.0 / jnp.sqrt(jnp.asarray(dim, q.dtype))
+    m = mask.astype(jnp.float32)
+    blocked = m.reshape(nb, bs)
+    qb = q.reshape(heads, nb, bs, dim)
+    kb = k.reshape(heads, nb, bs, dim)
+
+    glob_q = jnp.stack([qb[:, 0], qb[:, -1]], axis=1)
+    s = jnp.einsum("hgqd,hkd->hgqk", glob_q, k) * rsqrt_d
+    s = s.astype(jnp.float32) + ((1.0 - m) * MASK_PENALTY)[None, None, None]
+    global_rows = jax.nn.softmax(s, axis=-1)
+
+    idx = block_key_indices(plan, nb)
+    safe = jnp.maximum(idx, 0)
+    keys = jax.vmap(lambda kh, ih: kh[ih])(kb, safe)  # (heads, rows, slots, bs, dim)
+    s = jnp.einsum("hrqd,hrsbd->hrqsb", qb[:, 1:-1], keys) * rsqrt_d
+    # HF's masks: global and (edge rows') fixed key blocks mask keys only; window blocks of the
+    # middle rows and all random blocks mask (query, key) pairs (its band and random masks).
+    slot = jnp.arange(5 + r)[None, :]
+    row = jnp.arange(nb - 2)[:, None]
+    edge = (row == 0) | (row == nb - 3)
+    pairwise = ((slot >= 1) & (slot <= 3) & ~edge) | ((slot >= 4) & (slot < 4 + r))
+    key_mask = blocked[safe][:, :, None]  # (heads, rows, 1, slots, bs)
+    query_mask = blocked[1:-1][None, :, :, None, None]  # (1, rows, bs, 1, 1)
+    both = key_mask * jnp.where(pairwise[None, :, None, :, None], query_mask, 1.0)
+    s = s.astype(jnp.float32) + (1.0 - both) * MASK_PENALTY
+    s = jnp.where((idx < 0)[:, :, None, :, None], -jnp.inf, s)
+    rows = jax.nn.softmax(s.reshape(heads, nb - 2, bs, (5 + r) * bs), axis=-1)
+    return BlockedProbs(global_rows.astype(q.dtype), rows.astype(q.dtype), idx)
+
+
+def densify(blocked: BlockedProbs) -> Float[Array, "heads seq seq"]:
+    """The dense `(heads, seq, seq)` attention map of `blocked_probs` (a key block listed twice
+    gets the sum of its weights, as in HF's eval plan). Costs O(seq^2): for plots and checks."""
+    heads, _, bs, seq = blocked.global_rows.shape
+    nb = seq // bs
+    dense_rows = _scatter_key_blocks(blocked.rows, blocked.key_blocks, nb)
+    return jnp.concatenate(
+        [
+            blocked.global_rows[:, 0],
+            dense_rows.reshape(heads, (nb - 2) * bs, seq),
+            blocked.global_rows[:, 1],
+        ],
+        axis=1,
     )
