@@ -64,3 +64,4 @@ from .sharding import save_sharded as save_sharded
 from .sharding import shard_batch as shard_batch
 from .sharding import shard_state as shard_state
 from .sharding import state_shardings as state_shardings
+from . import plotting as plotting

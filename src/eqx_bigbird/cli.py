@@ -71,8 +71,31 @@ def _add_convert(sub):
     p.set_defaults(func=convert)
 
 
+def _add_train(sub):
+    from ._train_cli import add_parser
+
+    add_parser(sub)
+
+
+def _add_fill_mask(sub):
+    from ._tools_cli import add_fill_mask
+
+    add_fill_mask(sub)
+
+
+def _add_embed(sub):
+    from ._tools_cli import add_embed
+
+    add_embed(sub)
+
+
 # name -> function adding the subparser; later subcommands append themselves here.
-SUBCOMMANDS = {"convert": _add_convert}
+SUBCOMMANDS = {
+    "convert": _add_convert,
+    "train": _add_train,
+    "fill-mask": _add_fill_mask,
+    "embed": _add_embed,
+}
 
 
 def _hf_class(src: str, requested: str | None):

@@ -1,0 +1,196 @@
+"""`eqx-bigbird fill-mask` and `eqx-bigbird embed`: inference from a checkpoint (ours, or an HF
+directory) with its tokenizer."""
+
+import argparse
+import os
+
+FILL_MASK_EXAMPLES = """\
+examples:
+  eqx-bigbird fill-mask hf/bigbird-roberta-base "Paris is the [MASK] of France."
+  eqx-bigbird fill-mask mlm.safetensors --tokenizer hf/bigbird-roberta-base "a [MASK] day" -k 10
+"""
+
+EMBED_EXAMPLES = """\
+examples:
+  eqx-bigbird embed hf/bigbird-roberta-base docs/*.txt --out embeddings.npy
+  eqx-bigbird embed model.safetensors a.txt b.txt --out x.npy --tokenizer hf/bigbird-roberta-base
+  eqx-bigbird embed hf/bigbird-roberta-base *.txt --out x.npy --normalize --max-length 2048
+"""
+
+
+def add_fill_mask(sub):
+    p = sub.add_parser(
+        "fill-mask",
+        help="the top-k tokens (with probabilities) for each mask token in a text",
+        description="Runs a masked-LM checkpoint (BigBirdForMaskedLM or BigBirdForPreTraining; "
+        "an HF directory or our format) on TEXT and prints, for every mask token, the k most "
+        "probable tokens.",
+        epilog=FILL_MASK_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("checkpoint", help="HF directory, or our .safetensors file (then --tokenizer)")
+    p.add_argument("text", help="text with one or more mask tokens (e.g. [MASK])")
+    p.add_argument("--tokenizer", metavar="DIR", help="tokenizer folder (default: CHECKPOINT's)")
+    p.add_argument("-k", "--top-k", type=int, default=5, help="tokens per mask (default 5)")
+    p.set_defaults(func=fill_mask)
+
+
+def add_embed(sub):
+    p = sub.add_parser(
+        "embed",
+        help="mean-pooled embeddings of long documents, saved as .npy",
+        description="Encodes each FILE (UTF-8 text, truncated to --max-length tokens) with the "
+        "checkpoint's encoder and writes the mean of its final hidden states over real tokens: "
+        "a float32 array of shape (files, hidden), rows in the order given.",
+        epilog=EMBED_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("checkpoint", help="HF directory, or our .safetensors file (then --tokenizer)")
+    p.add_argument("files", nargs="+", metavar="FILE", help="text files, one document each")
+    p.add_argument("--out", required=True, help="output .npy file")
+    p.add_argument("--tokenizer", metavar="DIR", help="tokenizer folder (default: CHECKPOINT's)")
+    p.add_argument("--max-length", type=int,
+                   help="most tokens per document (default: the model's max_position_embeddings)")
+    p.add_argument("--normalize", action="store_true", help="scale each embedding to unit length")
+    p.set_defaults(func=embed)
+
+
+def _is_ours(path) -> bool:
+    from ._serialization import _file
+
+    return os.path.isfile(_file(path)) and (
+        not os.path.isdir(path) or not os.path.exists(os.path.join(path, "config.json"))
+    )
+
+
+def _tokenizer(args):
+    from ._tokenizer import Tokenizer
+
+    folder = args.tokenizer
+    if folder is None:
+        folder = args.checkpoint if os.path.isdir(args.checkpoint) else None
+        if folder is None or not any(
+            os.path.exists(os.path.join(folder, f)) for f in ("tokenizer.json", "spiece.model")
+        ):
+            raise ValueError(
+                f"{args.checkpoint} has no tokenizer (tokenizer.json or spiece.model): "
+                "pass --tokenizer DIR"
+            )
+    return Tokenizer.from_pretrained(folder)
+
+
+def _load_mlm(path):
+    from ._heads import BigBirdForMaskedLM, BigBirdForPreTraining
+    from ._serialization import load
+
+    if _is_ours(path):
+        model = load(path)
+        if not isinstance(model, (BigBirdForMaskedLM, BigBirdForPreTraining)):
+            raise ValueError(
+                f"{path} holds a {type(model).__name__}, which has no masked-LM head "
+                "(need BigBirdForMaskedLM or BigBirdForPreTraining)"
+            )
+        return model
+    return BigBirdForMaskedLM.from_pretrained(path)
+
+
+def fill_mask(args) -> int:
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    if args.top_k < 1:
+        raise ValueError(f"--top-k must be >= 1, got {args.top_k}")
+    tokenizer = _tokenizer(args)
+    model = _load_mlm(args.checkpoint)
+    mask_id = tokenizer.mask_token_id
+    if mask_id is None:
+        raise ValueError("the tokenizer has no mask token")
+    enc = tokenizer.encode(args.text, max_length=model.config.max_position_embeddings)
+    positions = np.flatnonzero(enc.input_ids == mask_id)
+    if len(positions) == 0:
+        raise ValueError(f"no {tokenizer.id_to_token(mask_id)} token in the text")
+    if enc.truncated:
+        print(f"note: the text was truncated to {len(enc.input_ids)} tokens")
+
+    @jax.jit
+    def probabilities(ids, mask, positions):
+        logits = model(ids, mask, positions=positions, inference=True).logits
+        return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+
+    probs = np.asarray(probabilities(
+        jnp.asarray(enc.input_ids), jnp.asarray(enc.attention_mask), jnp.asarray(positions)
+    ))
+    k = min(args.top_k, probs.shape[-1])
+    for n, (pos, p) in enumerate(zip(positions, probs)):
+        top = np.argsort(-p, kind="stable")[:k]
+        if len(positions) > 1:
+            print(f"mask {n + 1} (token {int(pos)}):")
+        for t in top:
+            token = tokenizer.decode([int(t)], skip_special_tokens=False).strip()
+            print(f"  {p[t]:.4f}  {token or tokenizer.id_to_token(int(t))}")
+    return 0
+
+
+def _load_encoder(path):
+    from ._modules import BigBirdModel
+    from ._serialization import load
+
+    if _is_ours(path):
+        model = load(path)
+        encoder = model if isinstance(model, BigBirdModel) else getattr(model, "bert", None)
+        if encoder is None:
+            raise ValueError(f"{path} holds a {type(model).__name__}, which has no BigBird encoder")
+        return encoder
+    return BigBirdModel.from_pretrained(path, add_pooling_layer=False)
+
+
+def embed(args) -> int:
+    import equinox as eqx
+    import jax.numpy as jnp
+    import numpy as np
+
+    from ._io import atomic_writer
+
+    tokenizer = _tokenizer(args)
+    encoder = _load_encoder(args.checkpoint)
+    config = encoder.config
+    max_length = args.max_length or config.max_position_embeddings
+    if not 1 <= max_length <= config.max_position_embeddings:
+        raise ValueError(
+            f"--max-length {max_length} must lie in [1, {config.max_position_embeddings}] "
+            "(the model's max_position_embeddings)"
+        )
+    texts = []
+    for file in args.files:
+        with open(file, encoding="utf-8") as f:
+            texts.append(f.read())
+
+    @eqx.filter_jit
+    def mean_pool(model, ids, mask):
+        h = model(ids, mask, inference=True).last_hidden_state
+        m = mask.astype(h.dtype)[:, None]
+        return (h * m).sum(0) / jnp.maximum(m.sum(), 1.0)
+
+    # Pad only to a multiple of block_size, as the model itself would: more padding would move
+    # the last (global) block onto padding and change the block-sparse result.
+    bucket = config.block_size
+    rows, truncated = [], 0
+    for text in texts:
+        enc = tokenizer.encode(text, max_length=max_length)
+        truncated += enc.truncated
+        n = len(enc.input_ids)
+        length = -(-n // bucket) * bucket
+        ids = np.full(length, tokenizer.pad_token_id or 0, np.int32)
+        mask = np.zeros(length, np.int32)
+        ids[:n], mask[:n] = enc.input_ids, 1
+        rows.append(np.asarray(mean_pool(encoder, jnp.asarray(ids), jnp.asarray(mask))))
+    out = np.stack(rows).astype(np.float32)
+    if args.normalize:
+        out = out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with atomic_writer(args.out) as f:
+        np.save(f, out)
+    note = f" ({truncated} truncated to {max_length} tokens)" if truncated else ""
+    print(f"wrote {args.out}: {out.shape[0]} x {out.shape[1]} float32{note}")
+    return 0

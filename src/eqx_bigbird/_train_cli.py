@@ -1,0 +1,628 @@
+"""`eqx-bigbird train`: train a BigBird classifier on embedded ListOps (Long Range Arena) or on
+the user's JSONL documents, with progress, validation, a checkpoint, metrics and a plot.
+
+Everything that decides the run (data, batch order, PRNG keys) is a function of the arguments and
+the step number, so an interrupted run resumes exactly: the resume folder holds the train state
+(model + optimizer + step) and the arguments; the batch of step `s` and its key are recomputed.
+"""
+
+import argparse
+import dataclasses
+import datetime
+import json
+import os
+import shutil
+import signal
+import tempfile
+import time
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+
+# Model presets: (hidden, layers, heads). "tiny" is the default: it learns ListOps' easy part
+# (the root operator) in the ~10 minute budget of a 2-core CPU.
+SIZES = {
+    "tiny": (64, 2, 2),
+    "small": (128, 4, 4),
+    "base": (768, 12, 12),
+}
+# The default run fits ~10 minutes of a 2-core CPU. At LRA's 2000 tokens a tiny model sees too
+# few examples in that time to leave the majority-class plateau (measured: still at the baseline
+# after 600 steps of 8); at 512 tokens it sees 16,000. `--seq-len 2000` gives LRA's lengths.
+DEFAULTS = dict(
+    size="tiny", seq_len=512, block_size=32, num_random_blocks=2, attention="block_sparse",
+    steps=1000, batch_size=16, lr=2e-3, dropout=0.0, seed=0, eval_every=200, val_size=256,
+    test_size=1000,
+)
+RESUME_DIR = "resume"
+STATE_FILE = "train_state.eqx"
+MODEL_FILE = "model.safetensors"
+PROGRESS_FILE = "progress.json"
+
+TRAIN_EXAMPLES = """\
+examples:
+  eqx-bigbird train                                   # ListOps, tiny model, ~10 min on 2 CPU cores
+  eqx-bigbird train --seq-len 2000 --steps 5000       # LRA's lengths (500-2000 tokens): hours
+  eqx-bigbird train --size small --steps 2000 --out runs/small
+  eqx-bigbird train --steps 100 --eval-every 25      # a quick look
+  eqx-bigbird train --attention original_full --seq-len 1024      # dense attention baseline
+  eqx-bigbird train --init hf/bigbird-roberta-base --data docs.jsonl    # your documents
+  eqx-bigbird train --resume runs/20250101-120000     # continue after Ctrl-C, same data order
+
+Ctrl-C stops after the current step and saves OUT/resume/ (model, optimizer state, step, data
+position, PRNG key); `--resume OUT` continues and ends as the uninterrupted run would have.
+"""
+
+
+def add_parser(sub):
+    p = sub.add_parser(
+        "train",
+        help="train a BigBird classifier (default: embedded ListOps, no download)",
+        description="Trains BigBirdForSequenceClassification with a progress bar (loss, tokens/s) "
+        "and periodic validation; prints test accuracy and writes OUT/model.safetensors (our "
+        "format), OUT/metrics.json and OUT/training.png.",
+        epilog=TRAIN_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    d = DEFAULTS
+    p.add_argument("--out", help="output folder (default: runs/<timestamp>)")
+    p.add_argument("--size", choices=sorted(SIZES), help=f"model preset (default {d['size']}: "
+                   f"hidden/layers/heads {SIZES[d['size']]})")
+    p.add_argument("--hidden", type=int, help="hidden size (overrides --size)")
+    p.add_argument("--layers", type=int, help="number of layers (overrides --size)")
+    p.add_argument("--heads", type=int, help="attention heads (overrides --size)")
+    p.add_argument("--seq-len", type=int, help=f"most tokens per example (default {d['seq_len']}; "
+                   "LRA's ListOps uses 2000; padded to a multiple of --block-size)")
+    p.add_argument("--attention", choices=["block_sparse", "original_full"],
+                   help=f"attention type (default {d['attention']})")
+    p.add_argument("--block-size", type=int,
+                   help=f"block-sparse block size (default {d['block_size']})")
+    p.add_argument("--num-random-blocks", type=int, help=f"default {d['num_random_blocks']}")
+    p.add_argument("--steps", type=int, help=f"optimizer steps (default {d['steps']})")
+    p.add_argument("--batch-size", type=int, help=f"default {d['batch_size']}")
+    p.add_argument("--lr", type=float, help=f"peak AdamW learning rate (default {d['lr']})")
+    p.add_argument("--dropout", type=float, help="hidden and attention dropout (default "
+                   f"{d['dropout']})")
+    p.add_argument("--seed", type=int, help=f"seeds data, init and dropout (default {d['seed']})")
+    p.add_argument("--eval-every", type=int,
+                   help=f"validate every N steps (default {d['eval_every']})")
+    p.add_argument("--train-size", type=int, help="ListOps training examples (default: "
+                   "steps x batch size, so each is seen once)")
+    p.add_argument("--val-size", type=int,
+                   help=f"ListOps validation examples (default {d['val_size']})")
+    p.add_argument("--test-size", type=int,
+                   help=f"ListOps test examples (default {d['test_size']})")
+    p.add_argument("--init", metavar="CHECKPOINT", help="start the encoder from our checkpoint or "
+                   "an HF directory (a new classification head is initialised)")
+    p.add_argument("--data", metavar="FILE.jsonl", help="train on your documents instead: one "
+                   '{"text": ..., "label": ...} per line, split 80/10/10 by --seed')
+    p.add_argument("--tokenizer", metavar="DIR", help="tokenizer folder for --data (default: the "
+                   "--init directory when it has one)")
+    p.add_argument("--resume", metavar="DIR", help="continue the interrupted run in DIR")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    # For tests: behave as if Ctrl-C came right after this step.
+    p.add_argument("--stop-after", type=int, help=argparse.SUPPRESS)
+    p.set_defaults(func=train)
+
+
+# -- arguments ------------------------------------------------------------------------------------
+
+# What a resumed run takes from the saved run rather than from its own command line.
+_RUN_FIELDS = (
+    "size", "hidden", "layers", "heads", "seq_len", "attention", "block_size", "num_random_blocks",
+    "steps", "batch_size", "lr", "dropout", "seed", "eval_every", "train_size", "val_size",
+    "test_size",
+    "init", "data", "tokenizer",
+)
+
+
+def _resolve(args) -> dict:
+    """The run's settings: explicit flags, else the defaults."""
+    run = {name: getattr(args, name) for name in _RUN_FIELDS}
+    for name, value in DEFAULTS.items():
+        if run[name] is None:
+            run[name] = value
+    hidden, layers, heads = SIZES[run["size"]]
+    run["hidden"] = run["hidden"] or hidden
+    run["layers"] = run["layers"] or layers
+    run["heads"] = run["heads"] or heads
+    for name in ("seq_len", "steps", "batch_size", "eval_every", "block_size", "hidden", "layers",
+                 "heads"):
+        if run[name] < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {run[name]}")
+    if run["data"] and not (run["tokenizer"] or run["init"]):
+        raise ValueError("--data needs --tokenizer DIR (or an --init directory with a tokenizer)")
+    return run
+
+
+# -- data -----------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class _Split:
+    ids: np.ndarray  # (n, length) int32
+    mask: np.ndarray  # (n, length) int32
+    labels: np.ndarray  # (n,) int32
+
+    def __len__(self):
+        return len(self.labels)
+
+
+@dataclasses.dataclass
+class _Data:
+    train: _Split
+    val: _Split
+    test: _Split
+    label_names: tuple[str, ...]
+    vocab_size: int
+    pad_id: int
+    description: str
+
+
+def _padded(run) -> int:
+    return -(-run["seq_len"] // run["block_size"]) * run["block_size"]
+
+
+def _listops(run, tokenizer) -> _Data:
+    from .data import listops
+
+    seq_len = run["seq_len"]
+    num_train = run["train_size"] or min(run["steps"] * run["batch_size"], 96_000)
+    # LRA keeps 500 < tokens < 2000; shorter runs scale the lower bound down with the window.
+    min_length = min(500, seq_len // 4)
+    splits = listops.make_splits(
+        run["seed"], num_train, run["val_size"], run["test_size"],
+        min_length=min_length, max_length=seq_len,
+    )
+    length = _padded(run)
+
+    def encode(examples):
+        labels = np.array([e.label for e in examples], np.int32)
+        if tokenizer is not None:
+            enc = tokenizer.encode_batch(
+                [e.text for e in examples], max_length=length, padding="max_length"
+            )
+            return _Split(enc.input_ids.astype(np.int32), enc.attention_mask.astype(np.int32),
+                          labels)
+        ids, mask = listops.encode_batch([e.text for e in examples], max_len=length)
+        return _Split(ids, mask, labels)
+
+    return _Data(
+        encode(splits["train"]), encode(splits["val"]), encode(splits["test"]),
+        tuple(str(i) for i in range(listops.NUM_CLASSES)),
+        tokenizer.vocab_size if tokenizer else len(listops.VOCAB),
+        (tokenizer.pad_token_id if tokenizer else listops.PAD_ID),
+        f"ListOps (LRA), {min_length} < tokens < {seq_len}, seed {run['seed']}",
+    )
+
+
+def _user_data(run, tokenizer) -> _Data:
+    texts, labels = [], []
+    with open(run["data"], encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                texts.append(str(row["text"]))
+                labels.append(row["label"])
+            except (ValueError, KeyError, TypeError) as e:
+                raise ValueError(f"{run['data']}:{number}: expected {{\"text\", \"label\"}} ({e})")
+    if len(texts) < 3:
+        raise ValueError(f"{run['data']}: needs at least 3 examples, has {len(texts)}")
+    names = tuple(sorted({str(x) for x in labels}, key=lambda s: (len(s), s)))
+    index = {name: i for i, name in enumerate(names)}
+    y = np.array([index[str(x)] for x in labels], np.int32)
+    length = _padded(run)
+    enc = tokenizer.encode_batch(texts, max_length=length, padding="max_length")
+    order = np.random.default_rng([run["seed"], 2]).permutation(len(texts))
+    n_eval = max(1, len(texts) // 10)
+    parts = {
+        "test": order[:n_eval], "val": order[n_eval : 2 * n_eval], "train": order[2 * n_eval :]
+    }
+
+    def take(idx):
+        return _Split(enc.input_ids[idx].astype(np.int32),
+                      enc.attention_mask[idx].astype(np.int32), y[idx])
+
+    return _Data(take(parts["train"]), take(parts["val"]), take(parts["test"]), names,
+                 tokenizer.vocab_size, tokenizer.pad_token_id or 0,
+                 f"{run['data']} ({len(texts)} documents, {len(names)} labels)")
+
+
+def _tokenizer(run):
+    from ._tokenizer import Tokenizer
+
+    folder = run["tokenizer"]
+    if folder is None and run["data"] and run["init"] and os.path.isdir(run["init"]):
+        folder = run["init"]
+    return None if folder is None else Tokenizer.from_pretrained(folder)
+
+
+def _batch_indices(step: int, batch_size: int, n: int, seed: int) -> np.ndarray:
+    """The training examples of `step`: consecutive slices of one permutation per epoch."""
+    start = step * batch_size
+    out = []
+    for j in range(start, start + batch_size):
+        epoch, pos = divmod(j, n)
+        out.append(_permutation(seed, epoch, n)[pos])
+    return np.array(out)
+
+
+_PERMUTATIONS: dict = {}
+
+
+def _permutation(seed, epoch, n):
+    if (seed, epoch, n) not in _PERMUTATIONS:
+        _PERMUTATIONS.clear()  # one epoch (or two at a boundary) is all a run needs at a time
+        _PERMUTATIONS[(seed, epoch, n)] = np.random.default_rng([seed, 1, epoch]).permutation(n)
+    return _PERMUTATIONS[(seed, epoch, n)]
+
+
+# -- model ----------------------------------------------------------------------------------------
+
+
+def _config(run, data):
+    from ._config import BigBirdConfig
+
+    return BigBirdConfig(
+        vocab_size=data.vocab_size, hidden_size=run["hidden"], num_hidden_layers=run["layers"],
+        num_attention_heads=run["heads"], intermediate_size=4 * run["hidden"],
+        max_position_embeddings=_padded(run), block_size=run["block_size"],
+        num_random_blocks=run["num_random_blocks"], attention_type=run["attention"],
+        id2label=data.label_names, pad_token_id=data.pad_id,
+        problem_type="single_label_classification",
+        hidden_dropout_prob=run["dropout"], attention_probs_dropout_prob=run["dropout"],
+    )
+
+
+def _encoder_of(model):
+    from ._modules import BigBirdModel
+
+    return model if isinstance(model, BigBirdModel) else getattr(model, "bert", None)
+
+
+def _load_encoder(path):
+    """The encoder of our checkpoint (any head) or of an HF directory, and its config."""
+    from ._modules import BigBirdModel
+    from ._serialization import _file, load
+
+    if os.path.isfile(_file(path)):
+        encoder = _encoder_of(load(path))
+        if encoder is None:
+            raise ValueError(f"--init {path}: the checkpoint has no BigBird encoder")
+    else:
+        encoder = BigBirdModel.from_pretrained(path, allow_init=True)
+    return encoder
+
+
+def _build_model(run, data, key):
+    from ._heads import BigBirdForSequenceClassification
+
+    if not run["init"]:
+        return BigBirdForSequenceClassification(_config(run, data), key=key)
+    encoder = _load_encoder(run["init"])
+    base = encoder.config
+    overrides = dict(
+        id2label=data.label_names, problem_type="single_label_classification",
+        attention_type=run["attention"], block_size=run["block_size"],
+        num_random_blocks=run["num_random_blocks"],
+        hidden_dropout_prob=run["dropout"], attention_probs_dropout_prob=run["dropout"],
+    )
+    config = base.replace(**overrides)
+    if config.max_position_embeddings < _padded(run):
+        raise ValueError(
+            f"--init {run['init']}: max_position_embeddings={config.max_position_embeddings} is "
+            f"less than --seq-len padded to {_padded(run)}"
+        )
+    if data.vocab_size > config.vocab_size:
+        raise ValueError(
+            f"--init {run['init']}: the data's vocabulary ({data.vocab_size}) is larger than the "
+            f"model's ({config.vocab_size}); pass --tokenizer with the checkpoint's tokenizer"
+        )
+    model = BigBirdForSequenceClassification(config, key=key)
+    return _graft(model, encoder, run["init"])
+
+
+def _graft(model, encoder, source):
+    """`model` with every array of its encoder taken from `encoder` (by tree path), except those
+    `encoder` lacks (a pooler, say), which keep their fresh initialisation."""
+    from ._checkpoint import _path_str
+
+    given = {
+        _path_str(p): x
+        for p, x in jax.tree_util.tree_flatten_with_path(encoder)[0]
+        if eqx.is_array(x)
+    }
+    flat, treedef = jax.tree_util.tree_flatten_with_path(model.bert)
+    leaves = []
+    for p, x in flat:
+        name = _path_str(p)
+        if eqx.is_array(x) and name in given:
+            if given[name].shape != x.shape:
+                raise ValueError(f"--init {source}: {name} has shape {given[name].shape}, the "
+                                 f"model needs {x.shape}")
+            x = given[name].astype(x.dtype)
+        leaves.append(x)
+    bert = jax.tree_util.tree_unflatten(treedef, leaves)
+    return eqx.tree_at(lambda m: m.bert, model, bert)
+
+
+def _optimizer(run):
+    import optax
+
+    warmup = max(1, run["steps"] // 10)
+    schedule = optax.warmup_cosine_decay_schedule(
+        0.0, run["lr"], warmup, max(run["steps"], warmup + 1), end_value=run["lr"] / 10
+    )
+    return optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(schedule, weight_decay=0.01))
+
+
+def _loss(model, batch, *, key):
+    from ._losses import sequence_classification_loss
+
+    keys = jr.split(key, batch["ids"].shape[0])
+    logits = jax.vmap(lambda i, m, k: model(i, m, key=k).logits)(batch["ids"], batch["mask"], keys)
+    return sequence_classification_loss(logits, batch["labels"], "single_label_classification")
+
+
+@eqx.filter_jit
+def _predict(model, ids, mask):
+    logits = jax.vmap(lambda i, m: model(i, m, inference=True).logits)(ids, mask)
+    return jnp.argmax(logits, -1), logits
+
+
+def _evaluate(model, split: _Split, batch_size: int) -> tuple[float, float]:
+    """(accuracy, mean cross-entropy) over a split; the last batch is padded to keep one shape."""
+    import optax
+
+    correct, loss, n = 0, 0.0, len(split)
+    for start in range(0, n, batch_size):
+        idx = np.arange(start, start + batch_size) % n
+        pred, logits = _predict(model, jnp.asarray(split.ids[idx]), jnp.asarray(split.mask[idx]))
+        real = min(batch_size, n - start)
+        labels = split.labels[idx][:real]
+        correct += int((np.asarray(pred)[:real] == labels).sum())
+        ce = optax.softmax_cross_entropy_with_integer_labels(
+            logits[:real], jnp.asarray(labels)
+        )
+        loss += float(ce.sum())
+    return correct / n, loss / n
+
+
+# -- resumable state ------------------------------------------------------------------------------
+
+
+def _save_resume(out, state, progress):
+    """Writes OUT/resume/ as a whole or not at all: a temp folder renamed into place."""
+    from ._io import atomic_write_text
+    from ._serialization import save
+
+    tmp = tempfile.mkdtemp(dir=out, prefix=".resume-")
+    try:
+        save(os.path.join(tmp, MODEL_FILE), state.model)  # class + config, to rebuild the skeleton
+        eqx.tree_serialise_leaves(os.path.join(tmp, STATE_FILE), state)
+        atomic_write_text(os.path.join(tmp, PROGRESS_FILE), json.dumps(progress, indent=1))
+        final = os.path.join(out, RESUME_DIR)
+        old = None
+        if os.path.exists(final):
+            old = final + ".old"
+            shutil.rmtree(old, ignore_errors=True)
+            os.rename(final, old)
+        os.rename(tmp, final)
+        if old:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def _load_resume(folder, optimizer):
+    from ._serialization import load
+    from .training import TrainState
+
+    model = eqx.nn.inference_mode(load(os.path.join(folder, MODEL_FILE)), False)
+    like = TrainState.create(model, optimizer)
+    return eqx.tree_deserialise_leaves(os.path.join(folder, STATE_FILE), like)
+
+
+def _resume_folder(path):
+    for folder in (os.path.join(path, RESUME_DIR), path):
+        if os.path.isfile(os.path.join(folder, PROGRESS_FILE)):
+            return folder
+    for old in (os.path.join(path, RESUME_DIR + ".old"),):  # a save interrupted mid-swap
+        if os.path.isfile(os.path.join(old, PROGRESS_FILE)):
+            return old
+    raise ValueError(f"--resume {path}: no {RESUME_DIR}/{PROGRESS_FILE} there (nothing to resume)")
+
+
+# -- outputs --------------------------------------------------------------------------------------
+
+
+def _plot(path, history, evals, test_acc, baseline):
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no plot (pip install matplotlib)")
+        return None
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    steps = np.array([h["step"] for h in history])
+    losses = np.array([h["loss"] for h in history])
+    ax1.plot(steps, losses, lw=0.6, alpha=0.4, label="per step")
+    if len(losses) >= 10:
+        w = max(5, len(losses) // 30)
+        smooth = np.convolve(losses, np.ones(w) / w, mode="valid")
+        ax1.plot(steps[w - 1 :], smooth, lw=1.5, label=f"mean of {w}")
+    ax1.set(xlabel="step", ylabel="train loss", title="training loss")
+    ax1.legend()
+    if evals:
+        ax2.plot([e["step"] for e in evals], [e["accuracy"] for e in evals], "o-",
+                 label="validation")
+    if test_acc is not None:
+        ax2.plot([steps[-1] if len(steps) else 0], [test_acc], "r*", ms=12, label="test")
+    ax2.axhline(baseline, color="gray", ls="--", label="majority class")
+    ax2.set(xlabel="step", ylabel="accuracy", title="accuracy", ylim=(0, 1))
+    ax2.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+# -- the command ----------------------------------------------------------------------------------
+
+
+class _Stop:
+    """Ctrl-C sets a flag that the loop reads between steps (a step interrupted halfway would
+    have donated the state's buffers); a second Ctrl-C interrupts at once."""
+
+    def __init__(self):
+        self.requested = False
+        self.previous = None
+
+    def __enter__(self):
+        def handler(signum, frame):
+            if self.requested:
+                raise KeyboardInterrupt
+            self.requested = True
+
+        try:
+            self.previous = signal.signal(signal.SIGINT, handler)
+        except ValueError:  # not the main thread: plain KeyboardInterrupt semantics
+            self.previous = None
+        return self
+
+    def __exit__(self, *exc):
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+        return False
+
+
+def train(args) -> int:
+    import optax  # noqa: F401  (fail early and clearly if missing)
+    from tqdm.auto import tqdm
+
+    from ._heads import BigBirdForSequenceClassification  # noqa: F401
+    from ._serialization import save
+    from .training import TrainState, make_train_step
+
+    t_start = time.time()
+    if args.resume:
+        folder = _resume_folder(args.resume)
+        with open(os.path.join(folder, PROGRESS_FILE), encoding="utf-8") as f:
+            progress = json.load(f)
+        run = progress["run"]
+        out = args.out or args.resume
+    else:
+        progress = None
+        run = _resolve(args)
+        out = args.out or os.path.join("runs", datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
+    os.makedirs(out, exist_ok=True)
+    log = tqdm.write
+
+    tokenizer = _tokenizer(run)
+    t0 = time.time()
+    data = _user_data(run, tokenizer) if run["data"] else _listops(run, tokenizer)
+    log(f"data: {data.description}: {len(data.train)} train / {len(data.val)} val / "
+        f"{len(data.test)} test, padded to {data.train.ids.shape[1]} tokens "
+        f"({time.time() - t0:.1f}s)")
+    counts = np.bincount(data.train.labels, minlength=len(data.label_names))
+    majority = int(counts.argmax())
+    baseline = float((data.test.labels == majority).mean())
+
+    base_key = jr.PRNGKey(run["seed"])
+    k_init, k_train = jr.split(base_key)
+    optimizer = _optimizer(run)
+    if progress is not None:
+        state = _load_resume(folder, optimizer)
+        history, evals = progress["history"], progress["evals"]
+        elapsed_before = progress["elapsed"]
+        log(f"resuming {folder} at step {int(state.step)} of {run['steps']}")
+    else:
+        model = _build_model(run, data, k_init)
+        state = TrainState.create(model, optimizer)
+        history, evals, elapsed_before = [], [], 0.0
+    model = state.model
+    n_params = sum(x.size for x in jax.tree_util.tree_leaves(eqx.filter(model, eqx.is_array)))
+    c = model.config
+    log(f"model: BigBirdForSequenceClassification, hidden {c.hidden_size}, {c.num_hidden_layers} "
+        f"layers, {c.num_attention_heads} heads, {c.attention_type} (block {c.block_size}, "
+        f"{c.num_random_blocks} random), {n_params / 1e6:.2f}M parameters")
+    log(f"majority class {data.label_names[majority]!r}: {baseline:.1%} of the test split")
+
+    step_fn = make_train_step(_loss, optimizer)
+    start = int(state.step)
+    total, bs = run["steps"], run["batch_size"]
+
+    def progress_record(state):
+        return {
+            "run": run, "step": int(state.step), "examples_seen": int(state.step) * bs,
+            "rng_key": np.asarray(jax.random.key_data(k_train)).tolist(),
+            "history": history, "evals": evals,
+            "elapsed": elapsed_before + time.time() - t_start,
+        }
+
+    bar = tqdm(total=total, initial=start, disable=args.no_progress, desc="train",
+               dynamic_ncols=True)
+    interrupted = False
+    ema = None
+    with _Stop() as stop:
+        for step in range(start, total):
+            idx = _batch_indices(step, bs, len(data.train), run["seed"])
+            batch = {
+                "ids": jnp.asarray(data.train.ids[idx]),
+                "mask": jnp.asarray(data.train.mask[idx]),
+                "labels": jnp.asarray(data.train.labels[idx]),
+            }
+            t = time.time()
+            state, metrics = step_fn(state, batch, jr.fold_in(k_train, step))
+            loss = float(metrics["loss"])
+            dt = time.time() - t
+            history.append({"step": step + 1, "loss": loss})
+            ema = loss if ema is None else 0.95 * ema + 0.05 * loss
+            bar.update(1)
+            bar.set_postfix(loss=f"{ema:.3f}", tok_s=f"{int(data.train.mask[idx].sum() / dt)}")
+            if (step + 1) % run["eval_every"] == 0 and step + 1 < total:
+                acc, vloss = _evaluate(state.model, data.val, bs)
+                evals.append({"step": step + 1, "accuracy": acc, "loss": vloss})
+                log(f"step {step + 1}: val accuracy {acc:.1%}, val loss {vloss:.3f}")
+            if args.stop_after is not None and step + 1 >= args.stop_after:
+                stop.requested = True
+            if stop.requested and step + 1 < total:
+                interrupted = True
+                break
+    bar.close()
+    if interrupted:
+        folder = _save_resume(out, state, progress_record(state))
+        log(f"interrupted at step {int(state.step)}: saved {folder}; continue with "
+            f"`eqx-bigbird train --resume {out}`")
+        return 130
+
+    acc, vloss = _evaluate(state.model, data.val, bs)
+    evals.append({"step": total, "accuracy": acc, "loss": vloss})
+    test_acc, test_loss = _evaluate(state.model, data.test, bs)
+    elapsed = elapsed_before + time.time() - t_start
+    model_file = save(os.path.join(out, MODEL_FILE), eqx.nn.inference_mode(state.model))
+    metrics = {
+        "run": run, "data": data.description, "parameters": int(n_params),
+        "test_accuracy": test_acc, "test_loss": test_loss, "val_accuracy": acc,
+        "majority_class": data.label_names[majority], "majority_baseline": baseline,
+        "steps": total, "seconds": elapsed, "history": history, "evals": evals,
+    }
+    from ._io import atomic_write_text
+
+    atomic_write_text(os.path.join(out, "metrics.json"), json.dumps(metrics, indent=1))
+    plot = _plot(os.path.join(out, "training.png"), history, evals, test_acc, baseline)
+    shutil.rmtree(os.path.join(out, RESUME_DIR), ignore_errors=True)  # superseded
+    print(f"test accuracy {test_acc:.1%} (majority baseline {baseline:.1%}) after {total} steps, "
+          f"{elapsed / 60:.1f} min")
+    written = [model_file, os.path.join(out, "metrics.json")] + ([plot] if plot else [])
+    print("wrote " + ", ".join(written))
+    return 0

