@@ -99,3 +99,27 @@ def test_errors_are_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and all(line.startswith("eqx-bigbird train: error: ") for line in err)
     assert "nothing to resume" in err[0] and "--tokenizer" in err[1]
+
+
+def test_train_on_a_device_mesh(tmp_path):
+    """`--mesh 2x1 --fsdp all` on two simulated CPU devices (a subprocess, so the device count
+    does not leak into other tests): the run completes and its checkpoint loads on one device."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "mesh"
+    code = (
+        "import sys; from eqx_bigbird.cli import main; "
+        f"sys.exit(main(['train', *{TINY!r}, '--steps', '2', '--train-size', '8', "
+        f"'--mesh', '2x1', '--fsdp', 'all', '--out', {str(out)!r}]))"
+    )
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "mesh: {'data': 2, 'fsdp': 1}" in result.stderr + result.stdout
+    _check_outputs(out)
+    bad = subprocess.run(
+        [sys.executable, "-m", "eqx_bigbird.cli", "train", "--mesh", "2by1", "--out", str(out)],
+        capture_output=True, text=True,
+    )
+    assert bad.returncode != 0 and "--mesh '2by1': expected DxF" in bad.stderr

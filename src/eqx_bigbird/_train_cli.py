@@ -9,6 +9,7 @@ the step number, so an interrupted run resumes exactly: the resume folder holds 
 import argparse
 import dataclasses
 import datetime
+import functools
 import json
 import os
 import shutil
@@ -105,6 +106,13 @@ def add_parser(sub):
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     # For tests: behave as if Ctrl-C came right after this step.
     p.add_argument("--stop-after", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--mesh", metavar="DxF", help="train on a device mesh of D data-parallel x F "
+                   "fsdp devices, e.g. 8x1 or 4x2 (default: one device)")
+    p.add_argument("--fsdp", choices=["none", "all", "fsdp"], default="none",
+                   help="parameter/optimizer sharding on the mesh: replicated (none), over all "
+                   "devices (all), or over the fsdp axis only (fsdp)")
+    p.add_argument("--distributed", action="store_true",
+                   help="call jax.distributed.initialize() first (one process per host)")
     p.set_defaults(func=train)
 
 
@@ -505,6 +513,14 @@ class _Stop:
         return False
 
 
+def _parse_mesh(text: str) -> tuple[int, int]:
+    try:
+        data_n, fsdp_n = (int(x) for x in text.lower().split("x"))
+    except ValueError:
+        raise ValueError(f"--mesh {text!r}: expected DxF, e.g. 8x1 or 4x2") from None
+    return data_n, fsdp_n
+
+
 def train(args) -> int:
     import optax  # noqa: F401  (fail early and clearly if missing)
     from tqdm.auto import tqdm
@@ -513,6 +529,8 @@ def train(args) -> int:
     from ._serialization import save
     from .training import TrainState, make_train_step
 
+    if args.distributed:
+        jax.distributed.initialize()
     t_start = time.time()
     if args.resume:
         folder = _resume_folder(args.resume)
@@ -557,7 +575,19 @@ def train(args) -> int:
         f"{c.num_random_blocks} random), {n_params / 1e6:.2f}M parameters")
     log(f"majority class {data.label_names[majority]!r}: {baseline:.1%} of the test split")
 
-    step_fn = make_train_step(_loss, optimizer)
+    if args.mesh or args.fsdp != "none":
+        from . import sharding
+
+        data_n, fsdp_n = _parse_mesh(args.mesh) if args.mesh else (None, 1)
+        mesh = sharding.make_mesh(data=data_n, fsdp=fsdp_n)
+        fsdp = {"none": False, "all": True, "fsdp": "fsdp"}[args.fsdp]
+        state = sharding.shard_state(state, mesh, fsdp=fsdp)
+        step_fn = sharding.make_sharded_train_step(_loss, optimizer, state, mesh, fsdp=fsdp)
+        place = functools.partial(sharding.shard_batch, mesh=mesh)
+        log(f"mesh: {dict(mesh.shape)}, parameters {args.fsdp if fsdp else 'replicated'}")
+    else:
+        step_fn = make_train_step(_loss, optimizer)
+        place = lambda batch: batch  # noqa: E731
     start = int(state.step)
     total, bs = run["steps"], run["batch_size"]
 
@@ -576,11 +606,11 @@ def train(args) -> int:
     with _Stop() as stop:
         for step in range(start, total):
             idx = _batch_indices(step, bs, len(data.train), run["seed"])
-            batch = {
+            batch = place({
                 "ids": jnp.asarray(data.train.ids[idx]),
                 "mask": jnp.asarray(data.train.mask[idx]),
                 "labels": jnp.asarray(data.train.labels[idx]),
-            }
+            })
             t = time.time()
             state, metrics = step_fn(state, batch, jr.fold_in(k_train, step))
             loss = float(metrics["loss"])
