@@ -110,3 +110,30 @@ def test_layer_attention_densifies_to_the_models_output_attentions(getkey):
         np.testing.assert_allclose(sa.densify(blocked), dense[layer], atol=2e-6)
     with pytest.raises(ValueError, match="do not run block-sparse"):
         plotting.layer_attention(model, ids[:32])
+
+
+def test_model_blocked_attentions_densify_to_the_dense_maps():
+    """`output_attentions="blocked"` gives each block-sparse layer's compact probabilities;
+    densified, they are the dense maps that `output_attentions=True` returns."""
+    import equinox as eqx
+    import jax
+    import jax.random as jr
+
+    import eqx_bigbird as eb
+
+    config = eb.BigBirdConfig(
+        vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=24, max_position_embeddings=128, block_size=4, num_random_blocks=1,
+    )
+    model = eqx.nn.inference_mode(eb.BigBirdModel(config, key=jr.PRNGKey(0)))
+    ids = jr.randint(jr.PRNGKey(1), (48,), 0, 50)
+    mask = jnp.arange(48) < 45
+    head_mask = jnp.array([[1.0, 0.5], [0.0, 1.0]])
+    dense = model(ids, mask, head_mask=head_mask, output_attentions=True).attentions
+    blocked = model(ids, mask, head_mask=head_mask, output_attentions="blocked").attentions
+    assert isinstance(blocked, eb.sparse_attention.BlockedProbs)
+    for layer in range(2):
+        one = jax.tree_util.tree_map(lambda a: a[layer], blocked)
+        np.testing.assert_allclose(
+            eb.sparse_attention.densify(one)[:, mask], dense[layer][:, mask], atol=1e-6
+        )

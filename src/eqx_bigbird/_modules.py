@@ -18,6 +18,11 @@ from ._activations import ACTIVATIONS
 from ._config import BigBirdConfig
 
 
+# `output_attentions`: False; True for dense `(heads, seq, seq)` maps per layer; or "blocked" for
+# block-sparse layers' compact `sparse_attention.BlockedProbs` (O(seq) memory; `densify` expands
+# one layer, for the padded length). Full-attention calls give dense maps either way.
+OutputAttentions = bool | typing.Literal["blocked"]
+
 def split_key(key: PRNGKeyArray | None, num: int = 2):
     """`jr.split` that passes `None` through (inference needs no randomness)."""
     if key is None:
@@ -125,8 +130,8 @@ class AbstractSelfAttention(eqx.Module):
         plan: Int[Array, "heads rows r"] | None = None,
         key: PRNGKeyArray | None = None,
         inference: bool = False,
-        output_attentions: bool = False,
-    ) -> tuple[Float[Array, "seq hidden"], Float[Array, "heads seq seq"] | None]:
+        output_attentions: OutputAttentions = False,
+    ) -> tuple[Float[Array, "seq hidden"], Float[Array, "heads seq seq"] | sa.BlockedProbs | None]:
         raise NotImplementedError
 
 
@@ -142,7 +147,13 @@ def _finish(ctx, probs, head_mask, output_attentions):
     """Applies the head mask and merges heads: `(heads, seq, dim)` -> `(seq, heads*dim)`."""
     if head_mask is not None:
         ctx = ctx * head_mask[:, None, None]
-        if probs is not None:
+        if isinstance(probs, sa.BlockedProbs):
+            probs = sa.BlockedProbs(
+                global_rows=probs.global_rows * head_mask[:, None, None, None],
+                rows=probs.rows * head_mask[:, None, None, None],
+                key_blocks=probs.key_blocks,
+            )
+        elif probs is not None:
             probs = probs * head_mask[:, None, None]
     heads, seq, dim = ctx.shape
     merged = ctx.transpose(1, 0, 2).reshape(seq, heads * dim)
@@ -172,8 +183,8 @@ class FullSelfAttention(AbstractSelfAttention):
         plan: Int[Array, "heads rows r"] | None = None,
         key: PRNGKeyArray | None = None,
         inference: bool = False,
-        output_attentions: bool = False,
-    ) -> tuple[Float[Array, "seq hidden"], Float[Array, "heads seq seq"] | None]:
+        output_attentions: OutputAttentions = False,
+    ) -> tuple[Float[Array, "seq hidden"], Float[Array, "heads seq seq"] | sa.BlockedProbs | None]:
         if plan is not None:
             raise ValueError("a random-block plan was given to full attention")
         ctx, probs = self._full(x, mask, head_mask, key, inference)
@@ -190,7 +201,7 @@ class FullSelfAttention(AbstractSelfAttention):
         head_mask: Float[Array, " heads"] | None = None,
         key: PRNGKeyArray | None = None,
         inference: bool = False,
-        output_attentions: bool = False,
+        output_attentions: OutputAttentions = False,
     ):
         """Queries from `x`, keys and values from `states` (`x` itself for decoder
         self-attention, the encoder's states for cross-attention).
@@ -253,8 +264,8 @@ class BlockSparseSelfAttention(AbstractSelfAttention):
         plan: Int[Array, "heads rows r"] | None = None,
         key: PRNGKeyArray | None = None,
         inference: bool = False,
-        output_attentions: bool = False,
-    ) -> tuple[Float[Array, "seq hidden"], Float[Array, "heads seq seq"] | None]:
+        output_attentions: OutputAttentions = False,
+    ) -> tuple[Float[Array, "seq hidden"], Float[Array, "heads seq seq"] | sa.BlockedProbs | None]:
         seq = x.shape[0]
         if self.uses_full_attention(seq):
             if plan is not None:
@@ -274,8 +285,11 @@ class BlockSparseSelfAttention(AbstractSelfAttention):
                 plan = sa.random_plan(key, self.num_heads, nb, self.num_random_blocks)
         q, k, v = self._heads(x)
         ctx, probs = sa.block_sparse_attention(
-            q, k, v, mask, plan, block_size=self.block_size, return_probs=output_attentions
+            q, k, v, mask, plan, block_size=self.block_size,
+            return_probs=output_attentions is True,
         )
+        if output_attentions == "blocked":
+            probs = sa.blocked_probs(q, k, mask, plan, block_size=self.block_size)
         return _finish(ctx, probs, head_mask, output_attentions)
 
 
@@ -351,7 +365,7 @@ class BigBirdLayer(eqx.Module):
         plan: Int[Array, "heads rows r"] | None = None,
         key: PRNGKeyArray | None = None,
         inference: bool = False,
-        output_attentions: bool = False,
+        output_attentions: OutputAttentions = False,
         encoder_hidden_states: Float[Array, "enc_seq hidden"] | None = None,
         encoder_mask: Real[Array, " enc_seq"] | None = None,
         cache: tuple[Float[Array, "heads kv dim"], Float[Array, "heads kv dim"]] | None = None,
@@ -467,7 +481,7 @@ class BigBirdEncoder(eqx.Module):
         key: PRNGKeyArray | None = None,
         inference: bool = False,
         output_hidden_states: bool = False,
-        output_attentions: bool = False,
+        output_attentions: OutputAttentions = False,
         encoder_hidden_states: Float[Array, "enc_seq hidden"] | None = None,
         encoder_mask: Real[Array, " enc_seq"] | None = None,
         cache: tuple[Float[Array, "layers heads kv dim"], Float[Array, "layers heads kv dim"]]
@@ -563,7 +577,7 @@ class BigBirdModelOutput(eqx.Module):
     last_hidden_state: Float[Array, "seq hidden"]
     pooler_output: Float[Array, " hidden"] | None = None
     hidden_states: Float[Array, "layers_plus_1 seq hidden"] | None = None
-    attentions: Float[Array, "layers heads seq kv"] | None = None
+    attentions: Float[Array, "layers heads seq kv"] | sa.BlockedProbs | None = None
     cross_attentions: Float[Array, "layers heads seq enc_seq"] | None = None
     past_key_values: KVCache | None = None
 
@@ -681,7 +695,7 @@ class BigBirdModel(eqx.Module):
         key: PRNGKeyArray | None = None,
         inference: bool | None = None,
         output_hidden_states: bool = False,
-        output_attentions: bool = False,
+        output_attentions: OutputAttentions = False,
     ) -> BigBirdModelOutput:
         """Encodes one sequence.
 
@@ -864,7 +878,7 @@ class BigBirdModel(eqx.Module):
             pooled = jnp.tanh(pooler(h[0]))
         if output_hidden_states:
             hidden = jnp.concatenate([x[None].astype(hidden.dtype), hidden], axis=0)[:, :seq]
-        if output_attentions and pad:
+        if output_attentions and pad and not isinstance(attentions, sa.BlockedProbs):
             attentions = attentions[:, :, :seq, :seq]
         return BigBirdModelOutput(
             last_hidden_state=h[:seq],
