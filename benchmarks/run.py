@@ -377,6 +377,8 @@ def main(argv=None):
     )
     p.add_argument("--reps", type=int)
     p.add_argument("--timeout", type=int, default=3600, help="seconds per measurement")
+    p.add_argument("--max-position-embeddings", type=int,
+                   help="position table size (default 16384; raise it for longer lengths)")
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
 
@@ -386,7 +388,9 @@ def main(argv=None):
         print(json.dumps(result))
         return 0
 
-    cfg = QUICK if args.quick else BASE
+    cfg = dict(QUICK if args.quick else BASE)
+    if args.max_position_embeddings:
+        cfg["max_position_embeddings"] = args.max_position_embeddings
     lengths = args.lengths or ([256, 512] if args.quick else [1024, 4096, 8192, 16384])
     reps = args.reps or (2 if args.quick else 3)
     train_lengths = args.train_lengths or ([256] if args.quick else [4096])
