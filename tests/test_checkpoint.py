@@ -1,5 +1,6 @@
 """Our checkpoint format (save/load), every HF source layout, bad input, atomic writes, the CLI."""
 
+import copy
 import json
 import os
 import subprocess
@@ -105,12 +106,11 @@ def test_pytorch_bin_without_torch_says_how_to_convert(tmp_path, hf_pt, monkeypa
 @pytest.mark.parametrize("torch_dtype", ["bfloat16", "float16"])
 def test_half_precision_keep_or_cast(tmp_path, hf_pt, torch_dtype):
     pt, _ = hf_pt
-    half = pt.to(getattr(torch, torch_dtype))
-    try:
-        half.save_pretrained(tmp_path)
-        want = {k: v.float().numpy() for k, v in half.state_dict().items()}
-    finally:
-        pt.float()
+    # A copy: `.to(dtype)` works in place, and rounding the shared (cached) reference model's
+    # weights to half precision would silently break every later test that uses it.
+    half = copy.deepcopy(pt).to(getattr(torch, torch_dtype))
+    half.save_pretrained(tmp_path)
+    want = {k: v.float().numpy() for k, v in half.state_dict().items()}
     kept, report = eb.BigBirdModel.from_pretrained(tmp_path, dtype="keep", return_report=True)
     assert report.dtypes == (torch_dtype,)
     cast = eb.BigBirdModel.from_pretrained(tmp_path)  # default: the model's float32
