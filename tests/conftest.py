@@ -1,3 +1,4 @@
+import gc
 import os
 
 # Two cores, many small programs: keep XLA from oversubscribing and tests deterministic.
@@ -11,6 +12,16 @@ import pytest
 # `hf_reference.lenient_jax`).
 jax.config.update("jax_numpy_dtype_promotion", "strict")
 jax.config.update("jax_numpy_rank_promotion", "raise")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _free_compiled_programs():
+    """Drops JAX's compiled programs after each test module. The suite compiles thousands of
+    small programs in one process; keeping them all alive ends in a crash inside XLA's compiler
+    late in the run (seen as a segfault in CI), so each module starts from empty caches."""
+    yield
+    jax.clear_caches()
+    gc.collect()
 
 
 @pytest.fixture
