@@ -10,16 +10,14 @@ import json
 import os
 
 import equinox as eqx
-import jax.random as jr
 import numpy as np
 
 from ._checkpoint import (
     CheckpointError,
     LazyTensors,
+    build_from_state,
     canonical_name,
-    fill_from_state,
     find_weights_file,
-    hf_tied_names,
     read_hf_weights,
 )
 from ._config import BigBirdConfig
@@ -156,18 +154,9 @@ def from_bert(
         shapes[_POSITIONS] = (max_position_embeddings, shapes[_POSITIONS][1])
     renamed = LazyTensors(loaders, shapes, source)
 
-    key = jr.PRNGKey(0) if key is None else key
-    skeleton = eqx.filter_eval_shape(cls, config, key=key, **model_kwargs)
-    init = cls(config, key=key, **model_kwargs)
-    model, report = fill_from_state(
-        skeleton,
-        renamed,
-        cls.hf_names(config),
-        num_layers=config.num_hidden_layers,
-        init=init,
-        source=source,
-        dtype=dtype,
-        tied=hf_tied_names(cls, config),
+    model, report = build_from_state(
+        cls, config, renamed, source, key=key, allow_init=True, dtype=dtype,
+        model_kwargs=model_kwargs,
     )
     if report.initialised:
         import warnings

@@ -533,6 +533,28 @@ def hf_tied_names(cls, config: BigBirdConfig) -> dict[str, str]:
     return dict(fn(config)) if fn is not None else {}
 
 
+def build_from_state(
+    cls, config, state, source, *, key, allow_init, dtype, progress=False, model_kwargs=None
+):
+    """`cls(config)` with its leaves from `state` (canonical HF names): skeleton -> fill.
+    `allow_init` initialises leaves the state lacks from `key`. Returns `(model, LoadReport)`."""
+    model_kwargs = model_kwargs or {}
+    key = jr.PRNGKey(0) if key is None else key
+    skeleton = eqx.filter_eval_shape(cls, config, key=key, **model_kwargs)
+    init = cls(config, key=key, **model_kwargs) if allow_init else None
+    return fill_from_state(
+        skeleton,
+        state,
+        cls.hf_names(config),
+        num_layers=config.num_hidden_layers,
+        init=init,
+        source=source,
+        dtype=dtype,
+        tied=hf_tied_names(cls, config),
+        progress=progress,
+    )
+
+
 def from_pretrained(
     cls,
     path: str | os.PathLike,
@@ -572,19 +594,9 @@ def from_pretrained(
         config = config.replace(**config_overrides)
     state, source = read_hf_weights(weights)
     state = canonical_names(state)
-    key = jr.PRNGKey(0) if key is None else key
-    skeleton = eqx.filter_eval_shape(cls, config, key=key, **model_kwargs)
-    init = cls(config, key=key, **model_kwargs) if allow_init else None
-    model, report = fill_from_state(
-        skeleton,
-        state,
-        cls.hf_names(config),
-        num_layers=config.num_hidden_layers,
-        init=init,
-        source=source,
-        dtype=dtype,
-        tied=hf_tied_names(cls, config),
-        progress=progress,
+    model, report = build_from_state(
+        cls, config, state, source, key=key, allow_init=allow_init, dtype=dtype,
+        progress=progress, model_kwargs=model_kwargs,
     )
     del state
     if report.initialised:
