@@ -184,6 +184,15 @@ def _train_fn(job, cfg, checkpoint):
     return jax.value_and_grad(loss), (model.params, jnp.asarray(ids), jr.PRNGKey(1))
 
 
+def _malloc_trim():
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
 def _rss_gb():
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e9
@@ -218,11 +227,14 @@ def child(job: Job, cfg: dict, checkpoint: str | None, reps: int) -> dict:
     import jax
 
     fn, args = (_forward_fn if job.mode == "forward" else _train_fn)(job, cfg, checkpoint)
-    gc.collect()
-    before = _rss_gb()
     t0 = time.perf_counter()
     compiled = jax.jit(fn).lower(*args).compile()
     compile_s = time.perf_counter() - t0
+    # Hand the compiler's freed heap back to the OS before stepping: HF's training step needs
+    # ~22 GB of the machine's 24 GB and was killed for memory without this.
+    gc.collect()
+    _malloc_trim()
+    before = _rss_gb()
     with _RssSampler() as rss:
         median, times = _timed(lambda: compiled(*args), reps)
     memory = compiled.memory_analysis()
@@ -277,8 +289,11 @@ def _run_child(job, cfg, checkpoint, reps, timeout):
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
     except subprocess.TimeoutExpired:
         return dict(error=f"timed out after {timeout} s")
+    if out.returncode < 0:  # killed by a signal: SIGKILL here is almost always the OOM killer
+        return dict(error=f"killed by signal {-out.returncode} (out of memory?)")
     if out.returncode != 0:
-        return dict(error=(out.stderr.strip().splitlines() or ["?"])[-1][:300])
+        lines = [l for l in out.stderr.strip().splitlines() if "Error" in l or "error" in l]
+        return dict(error=(lines or out.stderr.strip().splitlines() or ["?"])[-1][:300])
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -380,12 +395,18 @@ def main(argv=None):
     p.add_argument("--max-position-embeddings", type=int,
                    help="position table size (default 16384; raise it for longer lengths)")
     p.add_argument("--child", help=argparse.SUPPRESS)
+    p.add_argument("--setup", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
 
     if args.child:
         spec = json.loads(args.child)
         result = child(Job(**spec["job"]), spec["cfg"], spec["checkpoint"], spec["reps"])
         print(json.dumps(result))
+        return 0
+    if args.setup:
+        spec = json.loads(args.setup)
+        rate = matmul_rate()
+        print(json.dumps(dict(rate=rate, checkpoint=_make_checkpoint(spec["cfg"], spec["folder"]))))
         return 0
 
     cfg = dict(QUICK if args.quick else BASE)
@@ -395,11 +416,17 @@ def main(argv=None):
     reps = args.reps or (2 if args.quick else 3)
     train_lengths = args.train_lengths or ([256] if args.quick else [4096])
     os.makedirs(args.out, exist_ok=True)
-    rate = matmul_rate()
-    print(f"f32 matmul rate: {rate / 1e9:.1f} GFLOP/s", flush=True)
     impls = list(args.impls)
     with tempfile.TemporaryDirectory() as tmp:
-        checkpoint = _make_checkpoint(cfg, tmp)
+        # The parent stays light (no jax): the rate and the checkpoint come from a subprocess,
+        # so nothing it holds competes with the measured children for memory.
+        setup = subprocess.run(
+            [sys.executable, "-m", "benchmarks.run", "--setup", json.dumps(dict(cfg=cfg, folder=tmp))],
+            capture_output=True, text=True, check=True,
+        )
+        setup = json.loads(setup.stdout.strip().splitlines()[-1])
+        rate, checkpoint = setup["rate"], setup["checkpoint"]
+        print(f"f32 matmul rate: {rate / 1e9:.1f} GFLOP/s", flush=True)
         if checkpoint is None and "hf" in impls:
             print("transformers/flax not installed: measuring eqx-bigbird only", flush=True)
             impls.remove("hf")

@@ -9,12 +9,14 @@ Layout (as in HF and google-research/bigbird, "ITC"): the sequence is cut into `
 block i attends key blocks 0 and nb-1 (global), its window i-1, i, i+1 (for i = 1 and nb-2 the window
 is clipped and the global block fills in), and `r` random blocks given by a *plan*: an int32 array
 `plan[head, i - 1, :]` of key-block indices. HF computes this in five parts (query block 0, 1,
-2..nb-3, nb-2, nb-1) with a fixed key order in each; `block_sparse_attention` keeps that order, the
-additive -10000 mask penalty and the 1/sqrt(head_dim) applied after the dot product, so that its
-results match HF's to float rounding.
+2..nb-3, nb-2, nb-1), concatenating each part's keys; `block_sparse_attention` computes the same
+weights with one layout for all query blocks 1..nb-2 and one softmax over separately laid out key
+groups, HF's additive -10000 mask penalty and the 1/sqrt(head_dim) applied after the dot product,
+so that its results match HF's to float rounding.
 """
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -130,27 +132,6 @@ def gather_blocks(
     return gathered.reshape(heads, rows, r * x.shape[2], x.shape[3])
 
 
-def _attend(chunks):
-    """One softmax over several score chunks `[(scores, values, einsum_spec)]` without
-    concatenating them: the keys of each chunk stay in their own (cheaper) layout.
-
-    The softmax runs in float32 whatever the compute dtype (mixed precision); the weighted sum
-    of values runs in the values' dtype with float32 accumulation.
-    """
-    scores = [s.astype(jnp.float32) for s, _, _ in chunks]
-    top = jax.lax.stop_gradient(
-        functools.reduce(jnp.maximum, [s.max(-1, keepdims=True) for s in scores])
-    )
-    exps = [jnp.exp(s - top) for s in scores]
-    total = sum(e.sum(-1, keepdims=True) for e in exps)
-    ctx = sum(
-        jnp.einsum(spec, e.astype(v.dtype), v, preferred_element_type=jnp.float32)
-        for e, (_, v, spec) in zip(exps, chunks)
-    )
-    out_dtype = chunks[0][1].dtype
-    return (ctx / total).astype(out_dtype), [(e / total).astype(out_dtype) for e in exps]
-
-
 def block_sparse_attention(
     q: Float[Array, "heads seq dim"],
     k: Float[Array, "heads seq dim"],
@@ -165,118 +146,187 @@ def block_sparse_attention(
 
     **Arguments:**
     - `q`, `k`, `v`: per-head queries, keys, values; `seq` a multiple of `block_size`, >= 5 blocks.
-    - `mask`: 1 for real tokens, 0 for padding.
+    - `mask`: 1 for real tokens, 0 for padding. It is a constant here (no gradient flows to it).
     - `plan`: random key blocks per head and query block 1..nb-2 (e.g. `random_plan`), or an int
       `r`: HF's eval plan with `r` random blocks (`eval_plan`), computed without its duplicates.
     - `return_probs`: also return the dense `(heads, seq, seq)` attention map (costs O(seq^2)).
 
     **Returns:** `(context, probs)`; padded query rows of `context` are zero (HF's `from_mask`).
 
-    HF's eval plan points every random block at block 0, which the non-global query blocks
-    already attend: its keys count r + 1 times in their softmax. Adding log(1 + r) to block 0's
-    scores gives the same weights without r extra copies of block 0 (HF masks the random copies
-    for padded queries too, so padded rows get log(1) = 0; their context is zeroed anyway).
+    HF's eval plan points every random block at block 0, which the other query blocks already
+    attend: its keys count r + 1 times in their softmax. Adding log(1 + r) to block 0's scores
+    gives the same weights without r extra copies of block 0.
+
+    The gradient is hand-written: the backward pass recomputes the scores from `q`, `k` and the
+    saved log-sum-exp (as flash attention does), so no attention probabilities are stored for
+    it, and key/value gradients go back by shifted adds and one scatter-add.
     """
     heads, seq, dim = q.shape
-    bs = block_size
-    nb = num_blocks(seq, bs)
-    _check_block_count(nb, bs)
+    nb = num_blocks(seq, block_size)
+    _check_block_count(nb, block_size)
     dedup = isinstance(plan, int)
-    r = plan if dedup else plan.shape[2]
     if not dedup and plan.shape[:2] != (heads, nb - 2):
         raise ValueError(f"plan has shape {plan.shape}, expected ({heads}, {nb - 2}, r)")
-    dtype = q.dtype
-    rsqrt_d = 1.0 / jnp.sqrt(jnp.asarray(dim, dtype))
-    mask = mask.astype(dtype)
-    blocked, band = block_masks(mask, bs)
-    blocked, band = blocked.astype(dtype), band.astype(dtype)
-
-    def penalty(m):
-        return (1.0 - m) * MASK_PENALTY
-
-    qb = q.reshape(heads, nb, bs, dim)
-    kb = k.reshape(heads, nb, bs, dim)
-    vb = v.reshape(heads, nb, bs, dim)
-    if dedup:
-        # Extra weight of block 0 per query row: log(1 + r) for real queries, 0 for padding.
-        dup = jnp.log1p(r * blocked)[:, :, None]  # (nb, bs, 1)
-    else:
-        rand_mask = random_block_mask(blocked, plan)
-        gk = gather_blocks(kb, plan)
-        gv = gather_blocks(vb, plan)
-
-    # Parts 1 and 5: the global query blocks attend every key.
-    glob_q = jnp.stack([qb[:, 0], qb[:, -1]], axis=1)  # (heads, 2, bs, dim)
-    glob_scores = jnp.einsum("hgqd,hkd->hgqk", glob_q, k) * rsqrt_d + penalty(mask)[None, None, None]
-    glob_ctx, (glob_probs,) = _attend([(glob_scores, v, "hgqk,hkd->hgqd")])
-
-    # Parts 2 and 4: query blocks 1 and nb-2, keys [k0, k1, k2, k_last, rand] and
-    # [k0, k-3, k-2, k-1, rand].
-    def edge_part(row, key_blocks, rand_row):
-        keys = kb[:, key_blocks].reshape(heads, 4 * bs, dim)
-        vals = vb[:, key_blocks].reshape(heads, 4 * bs, dim)
-        scores = jnp.einsum("hqd,hkd->hqk", qb[:, row], keys) * rsqrt_d
-        scores = scores + penalty(blocked[key_blocks].reshape(1, 1, 4 * bs))
-        if dedup:
-            scores = scores.at[:, :, :bs].add(dup[row][None])
-        if dedup or r == 0:
-            return _attend([(scores, vals, "hqk,hkd->hqd")])
-        rand_scores = jnp.einsum("hqd,hkd->hqk", qb[:, row], gk[:, rand_row]) * rsqrt_d
-        rand_scores = rand_scores + penalty(rand_mask[:, rand_row])
-        return _attend(
-            [(scores, vals, "hqk,hkd->hqd"), (rand_scores, gv[:, rand_row], "hqk,hkd->hqd")]
-        )
-
-    second_ctx, second_probs = edge_part(1, np.array([0, 1, 2, nb - 1]), 0)
-    second_last_ctx, second_last_probs = edge_part(
-        nb - 2, np.array([0, nb - 3, nb - 2, nb - 1]), -1
+    if not dedup and plan.shape[2] == 0:
+        plan, dedup = 0, True
+    const_mask = jax.lax.stop_gradient(mask.astype(jnp.float32))
+    ctx = _sparse_context(
+        q, k, v, const_mask, None if dedup else plan.astype(jnp.int32), plan if dedup else 0,
+        block_size,
     )
-
-    # Part 3: query blocks 2..nb-3 attend k0 and k_last (one big matmul for all rows), their
-    # 3-block window, and their random blocks, under one softmax (HF's `band_product`, whose
-    # keys it concatenates; here each group keeps its own layout and matmul).
-    q_mid = qb[:, 2:-2]
-    glob_k = jnp.concatenate([kb[:, 0], kb[:, -1]], axis=1)  # (heads, 2 * bs, dim)
-    glob_v = jnp.concatenate([vb[:, 0], vb[:, -1]], axis=1)
-    s_glob = jnp.einsum("hlqd,hkd->hlqk", q_mid, glob_k) * rsqrt_d
-    s_glob = s_glob + penalty(jnp.concatenate([blocked[0], blocked[-1]]))[None, None, None]
-    if dedup:
-        s_glob = s_glob.at[..., :bs].add(dup[2:-2][None])
-
-    # The window as three shifted views of the key blocks (block l-1, l, l+1 for query block l),
-    # each its own batched matmul: the window keys and values are never copied into place.
-    chunks = [(s_glob, glob_v, "hlqk,hkd->hlqd")]
-    for i in range(3):
-        s_win = jnp.einsum("hlqd,hlkd->hlqk", q_mid, kb[:, 1 + i : nb - 3 + i]) * rsqrt_d
-        s_win = s_win + penalty(band[:, :, i * bs : (i + 1) * bs])[None]
-        chunks.append((s_win, vb[:, 1 + i : nb - 3 + i], "hlqk,hlkd->hlqd"))
-    if not dedup and r > 0:
-        s_rand = jnp.einsum("hlqd,hlkd->hlqk", q_mid, gk[:, 1:-1]) * rsqrt_d
-        chunks.append((s_rand + penalty(rand_mask[:, 1:-1]), gv[:, 1:-1], "hlqk,hlkd->hlqd"))
-    mid_ctx, mid_probs = _attend(chunks)
-
-    ctx = jnp.concatenate(
-        [glob_ctx[:, :1], second_ctx[:, None], mid_ctx, second_last_ctx[:, None], glob_ctx[:, 1:]],
-        axis=1,
-    ).reshape(heads, seq, dim)
-    ctx = ctx * mask[None, :, None]
-
     if not return_probs:
         return ctx, None
-    # Per query row, the key blocks in `block_key_indices` order [k0, window, rand, k_last|pad].
-    pad = jnp.zeros((heads, bs, bs), dtype)
-    edge_rows = [
-        jnp.concatenate(probs + [pad], axis=-1) for probs in (second_probs, second_last_probs)
+    return ctx, densify(blocked_probs(q, k, mask, plan, block_size=block_size)).astype(q.dtype)
+
+
+# The core. Every query block 1..nb-2 (a "row") sees the same key layout: a global chunk [k0,
+# k_last] (one matmul for all rows), the window blocks i-1, i, i+1 (three shifted batched
+# matmuls, no copies of the keys; on the two edge rows the window block that is also global is
+# left out), and the plan's random blocks (gathered). One softmax spans the chunks without
+# concatenating them. Query blocks 0 and nb-1 attend every key.
+
+
+def _row_operands(xb, plan):
+    """Keys (or values) of the row chunks: global `(h, 2bs, d)`, then per-row `(h, R, *, d)`."""
+    rows = xb.shape[1] - 2
+    chunks = [jnp.concatenate([xb[:, 0], xb[:, -1]], axis=1)]
+    chunks += [xb[:, j : j + rows] for j in range(3)]
+    if plan is not None:
+        chunks.append(gather_blocks(xb, plan))
+    return chunks
+
+
+def _row_spec(i, spec):
+    """Einsum spec for chunk `i`: the global chunk's keys are shared by all rows."""
+    return spec.replace("hrk", "hk", 1) if i == 0 else spec
+
+
+def _scores(qb, kb, mask, plan, dup_r, scale):
+    """float32 scores with HF's -10000 penalty on padded keys: the global query blocks'
+    `(h, 2, bs, seq)` and the row chunks `(h, R, bs, keys)`."""
+    heads, nb, bs, dim = qb.shape
+    rows = nb - 2
+    pen = (1.0 - mask.reshape(nb, bs)) * MASK_PENALTY
+
+    def dot(spec, a, b):
+        return jnp.einsum(spec, a, b, preferred_element_type=jnp.float32) * scale
+
+    s_global = dot("hgqd,hkd->hgqk", _ends(qb), kb.reshape(heads, nb * bs, dim))
+    s_global = s_global + pen.reshape(1, 1, 1, -1)
+
+    pens = [jnp.concatenate([pen[0], pen[-1]]).reshape(1, 1, 1, -1)]
+    if dup_r:
+        # Eval plan: block 0 counts 1 + r times (0 extra on padded query rows, as HF masks them).
+        dup = jnp.log1p(dup_r * mask.reshape(nb, bs)[1:-1])[None, :, :, None]
+        pens[0] = pens[0] + jnp.pad(jnp.broadcast_to(dup, (1, rows, bs, bs)), ((0, 0),) * 3 + ((0, bs),))
+    for j in range(3):
+        left_out = np.zeros((rows, 1), np.float32)  # the edge rows' global window block
+        if j != 1:
+            left_out[0 if j == 0 else -1] = -np.inf
+        pens.append((pen[j : j + rows] + left_out)[None, :, None, :])
+    if plan is not None:
+        pens.append(pen[plan].reshape(heads, rows, 1, -1))
+    qr = qb[:, 1:-1]
+    chunks = [
+        dot(_row_spec(i, "hrqd,hrkd->hrqk"), qr, x) + p
+        for i, (x, p) in enumerate(zip(_row_operands(kb, plan), pens))
     ]
-    p_glob, *p_window_and_rand = mid_probs
-    mid_rows = jnp.concatenate([p_glob[..., :bs], *p_window_and_rand, p_glob[..., bs:]], axis=-1)
-    rows = jnp.concatenate([edge_rows[0][:, None], mid_rows, edge_rows[1][:, None]], axis=1)
-    layout_plan = eval_plan(heads, nb, 0) if dedup else plan
-    dense_rows = _scatter_key_blocks(rows, block_key_indices(layout_plan, nb), nb)
-    probs = jnp.concatenate(
-        [glob_probs[:, 0], dense_rows.reshape(heads, (nb - 2) * bs, seq), glob_probs[:, 1]], axis=1
+    return s_global, chunks
+
+
+def _softmax_parts(chunks):
+    top = functools.reduce(jnp.maximum, [s.max(-1) for s in chunks])
+    exps = [jnp.exp(s - top[..., None]) for s in chunks]
+    total = sum(e.sum(-1) for e in exps)
+    return exps, total, top + jnp.log(total)
+
+
+def _ends(x):
+    """Blocks 0 and nb-1 of `(h, nb, ...)`, stacked: `(h, 2, ...)`."""
+    return jnp.stack([x[:, 0], x[:, -1]], axis=1)
+
+
+def _rejoin(glob, rows, shape):
+    """Global query blocks `(h, 2, ...)` and rows `(h, R, ...)` back in sequence order."""
+    return jnp.concatenate([glob[:, :1], rows, glob[:, 1:]], axis=1).reshape(shape)
+
+
+def _sparse_forward(q, k, v, mask, plan, dup_r, bs):
+    heads, seq, dim = q.shape
+    nb, dtype, f32 = seq // bs, q.dtype, jnp.float32
+    qb, kb, vb = (x.reshape(heads, nb, bs, dim) for x in (q, k, v))
+    s_global, chunks = _scores(qb, kb, mask, plan, dup_r, 1.0 / math.sqrt(dim))
+    (e,), total_g, lse_g = _softmax_parts([s_global])
+    ctx_g = jnp.einsum("hgqk,hkd->hgqd", e.astype(dtype), v, preferred_element_type=f32)
+    exps, total, lse = _softmax_parts(chunks)
+    ctx = sum(
+        jnp.einsum(_row_spec(i, "hrqk,hrkd->hrqd"), e.astype(dtype), x, preferred_element_type=f32)
+        for i, (e, x) in enumerate(zip(exps, _row_operands(vb, plan)))
     )
-    return ctx, probs
+    ctx = _rejoin(ctx_g / total_g[..., None], ctx / total[..., None], (heads, seq, dim))
+    return ctx.astype(dtype), _rejoin(lse_g, lse, (heads, seq))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
+def _sparse_context(q, k, v, mask, plan, dup_r, bs):
+    return _sparse_context_fwd(q, k, v, mask, plan, dup_r, bs)[0]
+
+
+def _sparse_context_fwd(q, k, v, mask, plan, dup_r, bs):
+    ctx, lse = _sparse_forward(q, k, v, mask, plan, dup_r, bs)
+    return ctx * mask[None, :, None].astype(ctx.dtype), (q, k, v, mask, plan, ctx, lse)
+
+
+def _sparse_context_bwd(dup_r, bs, res, grad):
+    q, k, v, mask, plan, ctx, lse = res
+    heads, seq, dim = q.shape
+    nb, rows, dtype = seq // bs, seq // bs - 2, q.dtype
+    scale = 1.0 / math.sqrt(dim)
+    d_ctx = (grad * mask[None, :, None].astype(grad.dtype)).astype(dtype)
+    # sum_k P dP of each query row, from the output (flash attention's "delta").
+    delta = jnp.sum(d_ctx.astype(jnp.float32) * ctx.astype(jnp.float32), axis=-1)
+    qb, kb, vb, db = (x.reshape(heads, nb, bs, dim) for x in (q, k, v, d_ctx))
+    lse, delta = lse.reshape(heads, nb, bs, 1), delta.reshape(heads, nb, bs, 1)
+    s_global, chunks = _scores(qb, kb, mask, plan, dup_r, scale)
+
+    def dot(spec, a, b):
+        return jnp.einsum(spec, a.astype(dtype), b, preferred_element_type=jnp.float32)
+
+    # Query blocks 0 and nb-1 (every key).
+    glob_q, glob_d = _ends(qb), _ends(db)
+    p = jnp.exp(s_global - _ends(lse))
+    ds = p * (dot("hgqd,hkd->hgqk", glob_d, v) - _ends(delta))
+    dq_glob = dot("hgqk,hkd->hgqd", ds, k) * scale
+    dk = (dot("hgqk,hgqd->hkd", ds, glob_q) * scale).reshape(heads, nb, bs, dim)
+    dv = dot("hgqk,hgqd->hkd", p, glob_d).reshape(heads, nb, bs, dim)
+
+    # The rows, chunk by chunk.
+    qr, dr, lse, delta = qb[:, 1:-1], db[:, 1:-1], lse[:, 1:-1], delta[:, 1:-1]
+    dq, dks, dvs = 0.0, [], []
+    for i, (s, kc, vc) in enumerate(zip(chunks, _row_operands(kb, plan), _row_operands(vb, plan))):
+        p = jnp.exp(s - lse)
+        ds = p * (dot(_row_spec(i, "hrqd,hrkd->hrqk"), dr, vc) - delta)
+        dq = dq + dot(_row_spec(i, "hrqk,hrkd->hrqd"), ds, kc)
+        dks.append(dot(_row_spec(i, "hrqk,hrqd->hrkd"), ds, qr) * scale)
+        dvs.append(dot(_row_spec(i, "hrqk,hrqd->hrkd"), p, dr))
+
+    def route(acc, grads):
+        """Adds the chunks' key (value) gradients into their blocks."""
+        glob, *window = grads[:4]
+        acc = acc + jnp.pad(glob[:, None, :bs], ((0, 0), (0, nb - 1), (0, 0), (0, 0)))
+        acc = acc + jnp.pad(glob[:, None, bs:], ((0, 0), (nb - 1, 0), (0, 0), (0, 0)))
+        for j, g in enumerate(window):
+            acc = acc + jnp.pad(g, ((0, 0), (j, 2 - j), (0, 0), (0, 0)))
+        if plan is not None:
+            rand = grads[4].reshape(heads, -1, bs, dim)
+            acc = jax.vmap(lambda a, g, i: a.at[i].add(g))(acc, rand, plan.reshape(heads, -1))
+        return acc.reshape(heads, seq, dim).astype(dtype)
+
+    dq = _rejoin(dq_glob, dq * scale, (heads, seq, dim)).astype(dtype)
+    return dq, route(dk, dks), route(dv, dvs), None, None
+
+
+_sparse_context.defvjp(_sparse_context_fwd, _sparse_context_bwd)
 
 
 def block_key_indices(plan: Int[Array, "heads rows r"], nb: int) -> Int[Array, "heads rows keys"]:
