@@ -180,8 +180,8 @@ def block_sparse_attention(
 
 
 # The core. Every query block 1..nb-2 (a "row") sees the same key layout: a global chunk [k0,
-# k_last] (one matmul for all rows), the window blocks i-1, i, i+1 (three shifted batched
-# matmuls, no copies of the keys; on the two edge rows the window block that is also global is
+# k_last] (one matmul for all rows), the window blocks i-1, i, i+1 (three batched matmuls over
+# shifted slices of the key blocks; on the two edge rows the window block that is also global is
 # left out), and the plan's random blocks (gathered). One softmax spans the chunks without
 # concatenating them. Query blocks 0 and nb-1 attend every key.
 
@@ -218,7 +218,8 @@ def _scores(qb, kb, mask, plan, dup_r, scale):
     if dup_r:
         # Eval plan: block 0 counts 1 + r times (0 extra on padded query rows, as HF masks them).
         dup = jnp.log1p(dup_r * mask.reshape(nb, bs)[1:-1])[None, :, :, None]
-        pens[0] = pens[0] + jnp.pad(jnp.broadcast_to(dup, (1, rows, bs, bs)), ((0, 0),) * 3 + ((0, bs),))
+        dup = jnp.broadcast_to(dup, (1, rows, bs, bs))
+        pens[0] = pens[0] + jnp.pad(dup, ((0, 0), (0, 0), (0, 0), (0, bs)))
     for j in range(3):
         left_out = np.zeros((rows, 1), np.float32)  # the edge rows' global window block
         if j != 1:
