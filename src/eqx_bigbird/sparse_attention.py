@@ -201,9 +201,9 @@ def _row_spec(i, spec):
     return spec.replace("hrk", "hk", 1) if i == 0 else spec
 
 
-def _scores(qb, kb, mask, plan, dup_r, scale):
+def _scores(qb, kb, row_keys, mask, plan, dup_r, scale):
     """float32 scores with HF's -10000 penalty on padded keys: the global query blocks'
-    `(h, 2, bs, seq)` and the row chunks `(h, R, bs, keys)`."""
+    `(h, 2, bs, seq)` and the row chunks `(h, R, bs, keys)` (keys: `_row_operands(kb, plan)`)."""
     heads, nb, bs, dim = qb.shape
     rows = nb - 2
     pen = (1.0 - mask.reshape(nb, bs)) * MASK_PENALTY
@@ -230,7 +230,7 @@ def _scores(qb, kb, mask, plan, dup_r, scale):
     qr = qb[:, 1:-1]
     chunks = [
         dot(_row_spec(i, "hrqd,hrkd->hrqk"), qr, x) + p
-        for i, (x, p) in enumerate(zip(_row_operands(kb, plan), pens))
+        for i, (x, p) in enumerate(zip(row_keys, pens))
     ]
     return s_global, chunks
 
@@ -256,7 +256,9 @@ def _sparse_forward(q, k, v, mask, plan, dup_r, bs):
     heads, seq, dim = q.shape
     nb, dtype, f32 = seq // bs, q.dtype, jnp.float32
     qb, kb, vb = (x.reshape(heads, nb, bs, dim) for x in (q, k, v))
-    s_global, chunks = _scores(qb, kb, mask, plan, dup_r, 1.0 / math.sqrt(dim))
+    s_global, chunks = _scores(
+        qb, kb, _row_operands(kb, plan), mask, plan, dup_r, 1.0 / math.sqrt(dim)
+    )
     (e,), total_g, lse_g = _softmax_parts([s_global])
     ctx_g = jnp.einsum("hgqk,hkd->hgqd", e.astype(dtype), v, preferred_element_type=f32)
     exps, total, lse = _softmax_parts(chunks)
@@ -288,7 +290,8 @@ def _sparse_context_bwd(dup_r, bs, res, grad):
     delta = jnp.sum(d_ctx.astype(jnp.float32) * ctx.astype(jnp.float32), axis=-1)
     qb, kb, vb, db = (x.reshape(heads, nb, bs, dim) for x in (q, k, v, d_ctx))
     lse, delta = lse.reshape(heads, nb, bs, 1), delta.reshape(heads, nb, bs, 1)
-    s_global, chunks = _scores(qb, kb, mask, plan, dup_r, scale)
+    row_keys, row_values = _row_operands(kb, plan), _row_operands(vb, plan)
+    s_global, chunks = _scores(qb, kb, row_keys, mask, plan, dup_r, scale)
 
     def dot(spec, a, b):
         return jnp.einsum(spec, a.astype(dtype), b, preferred_element_type=jnp.float32)
@@ -304,7 +307,7 @@ def _sparse_context_bwd(dup_r, bs, res, grad):
     # The rows, chunk by chunk.
     qr, dr, lse, delta = qb[:, 1:-1], db[:, 1:-1], lse[:, 1:-1], delta[:, 1:-1]
     dq, dks, dvs = 0.0, [], []
-    for i, (s, kc, vc) in enumerate(zip(chunks, _row_operands(kb, plan), _row_operands(vb, plan))):
+    for i, (s, kc, vc) in enumerate(zip(chunks, row_keys, row_values)):
         p = jnp.exp(s - lse)
         ds = p * (dot(_row_spec(i, "hrqd,hrkd->hrqk"), dr, vc) - delta)
         dq = dq + dot(_row_spec(i, "hrqk,hrkd->hrqd"), ds, kc)
