@@ -31,6 +31,16 @@ def _compare(q, k, v, mask, plan, block_size):
     return ctx, probs, *_reference_attention(q, k, v, mask, pattern)
 
 
+def _random_case(block_size, r, extra_blocks, heads, seed, dim=4):
+    """q, k, v, a cotangent, a mask with holes (token 0 real) and a legal random plan."""
+    nb = r + 5 + extra_blocks
+    seq = nb * block_size
+    kq, kk, kv, kg, kp, km = jr.split(jr.PRNGKey(seed), 6)
+    q, k, v, cot = (jr.normal(x, (heads, seq, dim)) for x in (kq, kk, kv, kg))
+    mask = (jr.uniform(km, (seq,)) > 0.3).astype(jnp.float32).at[0].set(1.0)
+    return q, k, v, cot, mask, sa.random_plan(kp, heads, nb, r)
+
+
 @settings(max_examples=30, deadline=None)
 @given(
     block_size=st.integers(1, 6),
@@ -42,12 +52,7 @@ def _compare(q, k, v, mask, plan, block_size):
 def test_matches_dense_softmax_on_its_pattern(block_size, r, extra_blocks, heads, seed):
     """With a legal plan (no key block twice in a row), block-sparse attention is exactly dense
     softmax attention restricted to `attention_pattern`, for every real query row."""
-    nb = r + 5 + extra_blocks
-    seq, dim = nb * block_size, 4
-    kq, kk, kv, kp, km = jr.split(jr.PRNGKey(seed), 5)
-    q, k, v = (jr.normal(x, (heads, seq, dim)) for x in (kq, kk, kv))
-    mask = (jr.uniform(km, (seq,)) > 0.3).astype(jnp.float32).at[0].set(1.0)
-    plan = sa.random_plan(kp, heads, nb, r)
+    q, k, v, _, mask, plan = _random_case(block_size, r, extra_blocks, heads, seed)
     ctx, probs, ref_ctx, ref_probs = _compare(q, k, v, mask, plan, block_size)
     real = mask > 0
     np.testing.assert_allclose(ctx[:, real], ref_ctx[:, real], atol=2e-5)
@@ -88,12 +93,7 @@ def _gradients(q, k, v, mask, plan, cotangent, block_size):
 def test_gradients_match_dense_softmax_on_its_pattern(block_size, r, extra_blocks, heads, seed):
     """The hand-written backward (recomputed scores, shifted adds, scatter-add of the random
     blocks) equals autodiff through dense softmax attention on the same pattern."""
-    nb = r + 5 + extra_blocks
-    seq, dim = nb * block_size, 4
-    kq, kk, kv, kp, km, kg = jr.split(jr.PRNGKey(seed), 6)
-    q, k, v, cot = (jr.normal(x, (heads, seq, dim)) for x in (kq, kk, kv, kg))
-    mask = (jr.uniform(km, (seq,)) > 0.3).astype(jnp.float32).at[0].set(1.0)
-    plan = sa.random_plan(kp, heads, nb, r)
+    q, k, v, cot, mask, plan = _random_case(block_size, r, extra_blocks, heads, seed)
     ours, reference = _gradients(q, k, v, mask, plan, cot, block_size)
     for name, a, b in zip("qkv", ours, reference):
         np.testing.assert_allclose(a, b, atol=2e-5, err_msg=f"d{name}")
