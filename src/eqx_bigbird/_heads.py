@@ -17,6 +17,7 @@ from jaxtyping import Array, ArrayLike, Bool, Float, Int, PRNGKeyArray, Real
 
 from ._activations import ACTIVATIONS
 from ._config import BigBirdConfig
+from ._registry import register
 from ._modules import BigBirdModel, KVCache, _apply, _normal_linear, split_key
 
 MaskLike = Int[ArrayLike, " seq"] | Bool[ArrayLike, " seq"] | None
@@ -217,6 +218,7 @@ class _Head(eqx.Module):
 # -- the heads ------------------------------------------------------------------------------------
 
 
+@register
 class BigBirdForPreTraining(_Head):
     """Masked-LM and next-sentence heads on the encoder (HF `BigBirdForPreTraining`)."""
 
@@ -279,6 +281,7 @@ class BigBirdForPreTraining(_Head):
         )
 
 
+@register
 class BigBirdForMaskedLM(_Head):
     """The masked-LM head on the encoder (HF `BigBirdForMaskedLM`)."""
 
@@ -333,6 +336,7 @@ class BigBirdForMaskedLM(_Head):
         )
 
 
+@register
 class BigBirdForCausalLM(_Head):
     """The LM head on a decoder (HF `BigBirdForCausalLM`): causal self-attention, optional
     cross-attention to an encoder's states, and a `KVCache` for incremental decoding (see
@@ -436,6 +440,7 @@ class BigBirdClassificationHead(eqx.Module):
         return self.out_proj(x)
 
 
+@register
 class BigBirdForSequenceClassification(_Head):
     """Sequence classification / regression (HF `BigBirdForSequenceClassification`);
     `config.num_labels` outputs (see `eqx_bigbird.sequence_classification_loss` for the loss per
@@ -491,6 +496,7 @@ class BigBirdForSequenceClassification(_Head):
         )
 
 
+@register
 class BigBirdForMultipleChoice(_Head):
     """Multiple choice (HF `BigBirdForMultipleChoice`): each choice is encoded, its pooled output
     goes through dropout and a dense layer to one score. One example is `(num_choices, seq)`."""
@@ -559,6 +565,7 @@ class BigBirdForMultipleChoice(_Head):
         )
 
 
+@register
 class BigBirdForTokenClassification(_Head):
     """Per-token classification (HF `BigBirdForTokenClassification`): dropout, dense."""
 
@@ -656,6 +663,7 @@ _QA_HEAD_NAMES = {
 }
 
 
+@register
 class BigBirdForQuestionAnswering(_Head):
     """Extractive QA (HF `BigBirdForQuestionAnswering`): start and end logits per token, with the
     question's tokens (except [CLS]) pushed down by 1e6 as HF does. `config.num_labels` is set to 2.

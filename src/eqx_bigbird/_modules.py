@@ -16,6 +16,7 @@ from jaxtyping import Array, ArrayLike, Bool, Float, Int, PRNGKeyArray, Real
 from . import sparse_attention as sa
 from ._activations import ACTIVATIONS
 from ._config import BigBirdConfig
+from ._registry import register
 
 
 # `output_attentions`: False; True for dense `(heads, seq, seq)` maps per layer; or "blocked" for
@@ -615,6 +616,7 @@ def _check_range(x, upper, name):
 RANDOM_ATTENTION_MODES = ("resample", "fixed")
 
 
+@register
 class BigBirdModel(eqx.Module):
     """The BigBird encoder (HF `BigBirdModel` / `FlaxBigBirdModel`), called on ONE example.
 

@@ -1,0 +1,10 @@
+"""The model classes our checkpoint formats can name: each registers itself with `@register`."""
+
+MODEL_CLASSES: dict[str, type] = {}
+
+
+def register(cls: type) -> type:
+    """Class decorator: `cls` can be saved and loaded by name (`eqx_bigbird.save` / `load`)."""
+    if MODEL_CLASSES.setdefault(cls.__name__, cls) is not cls:
+        raise ValueError(f"two model classes named {cls.__name__}")
+    return cls
