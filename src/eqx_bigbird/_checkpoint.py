@@ -23,6 +23,7 @@ import numpy as np
 
 from ._config import BigBirdConfig
 from ._io import SAFETENSORS_DTYPES
+from ._tree import path_str
 
 SAFETENSORS = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
@@ -383,20 +384,6 @@ def read_hf_weights(path: str | os.PathLike) -> tuple[Mapping[str, np.ndarray], 
 # -- mapping --------------------------------------------------------------------------------------
 
 
-def _path_str(path) -> str:
-    parts = []
-    for p in path:
-        if isinstance(p, jax.tree_util.GetAttrKey):
-            parts.append(p.name)
-        elif isinstance(p, jax.tree_util.SequenceKey):
-            parts.append(str(p.idx))
-        elif isinstance(p, jax.tree_util.DictKey):
-            parts.append(str(p.key))
-        else:
-            parts.append(str(p))
-    return ".".join(parts)
-
-
 def hf_name_of(our_path: str, names: Mapping[str, str]) -> str:
     """The HF name pattern of one of our leaves (longest matching module prefix wins)."""
     for prefix in sorted(names, key=len, reverse=True):
@@ -465,7 +452,7 @@ def fill_from_state(
         if not isinstance(leaf, jax.ShapeDtypeStruct):
             filled.append(leaf)
             continue
-        ours = _path_str(path)
+        ours = path_str(path)
         pattern = hf_name_of(ours, names)
         keys = [pattern.format(i=i) for i in range(num_layers)] if "{i}" in pattern else [pattern]
         absent = [k for k in keys if k not in state]
@@ -508,7 +495,7 @@ def fill_from_state(
         raise CheckpointError(f"{source} does not fit the model; " + "; ".join(problems))
     model = jax.tree_util.tree_unflatten(treedef, filled)
     unfilled = [
-        _path_str(p)
+        path_str(p)
         for p, x in jax.tree_util.tree_flatten_with_path(model)[0]
         if isinstance(x, jax.ShapeDtypeStruct)
     ]

@@ -13,7 +13,8 @@ import jax
 import msgpack
 import numpy as np
 
-from ._checkpoint import FLAX_MSGPACK, SAFETENSORS, _path_str, hf_name_of, hf_tied_names
+from ._checkpoint import FLAX_MSGPACK, SAFETENSORS, hf_name_of, hf_tied_names
+from ._tree import path_str
 from ._io import atomic_writer, atomic_write_text, write_safetensors
 
 # Flax splits arrays above this many bytes into chunks (flax.serialization.MAX_CHUNK_SIZE).
@@ -46,12 +47,12 @@ def hf_state(model, *, include_tied: bool = False) -> list[tuple[str, np.ndarray
     for path, node in jax.tree_util.tree_flatten_with_path(model, is_leaf=is_module)[0]:
         if is_module(node):
             for sub, _ in jax.tree_util.tree_flatten_with_path(node)[0]:
-                kinds[_path_str(path + sub)] = by_type[type(node)]
+                kinds[path_str(path + sub)] = by_type[type(node)]
     out = []
     for path, leaf in jax.tree_util.tree_flatten_with_path(model)[0]:
         if not eqx.is_array(leaf):
             continue
-        ours = _path_str(path)
+        ours = path_str(path)
         pattern = hf_name_of(ours, names)
         kind = kinds.get(ours, "other")
         value = np.asarray(leaf)  # no copy on CPU

@@ -15,12 +15,12 @@ import jax.random as jr
 
 from ._checkpoint import (
     CheckpointError,
-    _path_str,
     _safetensors_header,
     fill_from_state,
     read_safetensors,
 )
 from ._config import BigBirdConfig
+from ._tree import path_str
 from ._io import write_safetensors
 
 FORMAT = "eqx-bigbird"
@@ -28,7 +28,7 @@ FORMAT_VERSION = 1
 EQX_FILE = "eqx_bigbird.safetensors"
 
 
-def _file(path) -> str:
+def checkpoint_file(path) -> str:
     path = os.fspath(path)
     return os.path.join(path, EQX_FILE) if os.path.isdir(path) or path.endswith(os.sep) else path
 
@@ -76,13 +76,13 @@ def init_kwargs(model) -> dict:
 def save(path: str | os.PathLike, model) -> str:
     """Writes `model` (any of our model classes) to `path` (a file, or a directory to hold
     `eqx_bigbird.safetensors`), atomically. Returns the file written."""
-    file = _file(path)
+    file = checkpoint_file(path)
     os.makedirs(os.path.dirname(os.path.abspath(file)), exist_ok=True)
     cls = type(model)
     if model_classes().get(cls.__name__) is not cls:
         raise TypeError(f"cannot save a {cls.__name__}: not an eqx_bigbird model class")
     leaves = [
-        (_path_str(p), x)
+        (path_str(p), x)
         for p, x in jax.tree_util.tree_flatten_with_path(model)[0]
         if eqx.is_array(x)
     ]
@@ -100,7 +100,7 @@ def save(path: str | os.PathLike, model) -> str:
 
 def read_header(path: str | os.PathLike) -> dict:
     """The header of one of our checkpoints: format_version, model_class, config, init_kwargs."""
-    file = _file(path)
+    file = checkpoint_file(path)
     if not os.path.exists(file):
         raise CheckpointError(f"{file}: no such file")
     meta = _safetensors_header(file)[0].get("__metadata__") or {}
@@ -132,7 +132,7 @@ def load(path: str | os.PathLike, cls: type | None = None, *, dtype="keep"):
     `cls`, if given, must be the saved class (else `CheckpointError`). `dtype="keep"` keeps the
     saved dtypes (bit-identical leaves); a dtype casts floating leaves to it.
     """
-    file = _file(path)
+    file = checkpoint_file(path)
     header = read_header(file)
     name = header["model_class"]
     classes = model_classes()
@@ -147,7 +147,7 @@ def load(path: str | os.PathLike, cls: type | None = None, *, dtype="keep"):
         raise CheckpointError(f"{file}: bad config in header: {e}") from None
     skeleton = eqx.filter_eval_shape(cls, config, key=jr.PRNGKey(0), **header["init_kwargs"])
     paths = [
-        _path_str(p)
+        path_str(p)
         for p, x in jax.tree_util.tree_flatten_with_path(skeleton)[0]
         if isinstance(x, jax.ShapeDtypeStruct)
     ]

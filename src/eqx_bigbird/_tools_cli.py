@@ -56,9 +56,9 @@ def add_embed(sub):
 
 
 def _is_ours(path) -> bool:
-    from ._serialization import _file
+    from ._serialization import checkpoint_file
 
-    return os.path.isfile(_file(path)) and (
+    return os.path.isfile(checkpoint_file(path)) and (
         not os.path.isdir(path) or not os.path.exists(os.path.join(path, "config.json"))
     )
 

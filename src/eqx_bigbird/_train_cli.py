@@ -296,9 +296,9 @@ def _encoder_of(model):
 def _load_encoder(path):
     """The encoder of our checkpoint (any head) or of an HF directory, and its config."""
     from ._modules import BigBirdModel
-    from ._serialization import _file, load
+    from ._serialization import checkpoint_file, load
 
-    if os.path.isfile(_file(path)):
+    if os.path.isfile(checkpoint_file(path)):
         encoder = _encoder_of(load(path))
         if encoder is None:
             raise ValueError(f"--init {path}: the checkpoint has no BigBird encoder")
@@ -338,17 +338,17 @@ def _build_model(run, data, key):
 def _graft(model, encoder, source):
     """`model` with every array of its encoder taken from `encoder` (by tree path), except those
     `encoder` lacks (a pooler, say), which keep their fresh initialisation."""
-    from ._checkpoint import _path_str
+    from ._tree import path_str
 
     given = {
-        _path_str(p): x
+        path_str(p): x
         for p, x in jax.tree_util.tree_flatten_with_path(encoder)[0]
         if eqx.is_array(x)
     }
     flat, treedef = jax.tree_util.tree_flatten_with_path(model.bert)
     leaves = []
     for p, x in flat:
-        name = _path_str(p)
+        name = path_str(p)
         if eqx.is_array(x) and name in given:
             if given[name].shape != x.shape:
                 raise ValueError(f"--init {source}: {name} has shape {given[name].shape}, the "
