@@ -61,9 +61,11 @@ def test_eval_plan_counts_block_zero_r_plus_one_times():
     heads, nb, bs, r, dim = 2, 7, 3, 2, 4
     q, k = (jr.normal(x, (heads, nb * bs, dim)) for x in jr.split(jr.PRNGKey(3)))
     mask = jnp.ones(nb * bs).at[-2:].set(0.0)
-    blocked = sa.blocked_probs(q, k, mask, r, block_size=bs)
+    blocked = sa.blocked_probs(q, k, mask, sa.EvalPlan(r), block_size=bs)
     assert np.all(np.asarray(blocked.key_blocks[:, :, 4 : 4 + r]) == 0)
-    _, dense = sa.block_sparse_attention(q, k, k, mask, r, block_size=bs, return_probs=True)
+    _, dense = sa.block_sparse_attention(
+        q, k, k, mask, sa.EvalPlan(r), block_size=bs, return_probs=True
+    )
     np.testing.assert_allclose(sa.densify(blocked), dense, atol=2e-6)
 
 

@@ -100,7 +100,7 @@ def test_gradients_match_dense_softmax_on_its_pattern(block_size, r, extra_block
 
 
 def test_eval_plan_gradients_equal_explicit_duplicates():
-    """The int eval plan (block 0 weighted log(1 + r), no copies) has the gradients of the same
+    """`EvalPlan(r)` (block 0 weighted log(1 + r), no copies) has the gradients of the same
     plan given as an array (block 0 gathered r times as random blocks)."""
     heads, nb, bs, r, dim = 2, 9, 3, 2, 4
     seq = nb * bs
@@ -114,7 +114,7 @@ def test_eval_plan_gradients_equal_explicit_duplicates():
 
         return jax.grad(f, (0, 1, 2))(q, k, v)
 
-    for name, a, b in zip("qkv", grads(r), grads(sa.eval_plan(heads, nb, r))):
+    for name, a, b in zip("qkv", grads(sa.EvalPlan(r)), grads(sa.eval_plan(heads, nb, r))):
         np.testing.assert_allclose(a, b, atol=1e-5, err_msg=f"d{name}")
 
 

@@ -15,16 +15,28 @@ groups, HF's additive -10000 mask penalty and the 1/sqrt(head_dim) applied after
 so that its results match HF's to float rounding.
 """
 
+import dataclasses
 import functools
 import math
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray, Real
 
+from ._hf_plans import (
+    hf_block_rand_mask,
+    hf_block_rand_mask_with_head,
+    hf_flax_plan,
+    hf_rand_attn_plan,
+    paper_plan,
+)
+
 __all__ = [
     "MASK_PENALTY",
+    "EvalPlan",
+    "Plan",
     "num_blocks",
     "block_masks",
     "random_block_mask",
@@ -36,9 +48,32 @@ __all__ = [
     "full_attention",
     "block_key_indices",
     "attention_pattern",
+    "BlockedProbs",
+    "blocked_probs",
+    "densify",
+    "paper_plan",
+    "hf_flax_plan",
+    "hf_block_rand_mask_with_head",
+    "hf_block_rand_mask",
+    "hf_rand_attn_plan",
 ]
 
 MASK_PENALTY = -10000.0  # HF's additive penalty for masked keys in block-sparse attention
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalPlan:
+    """HF's inference-time plan with `num_random_blocks` random blocks per row, all of them block 0.
+
+    Equal in meaning to the array `eval_plan(heads, nb, r)`, but computed without its duplicate
+    blocks: block 0, which every row attends anyway, gets log(1 + r) added to its scores.
+    """
+
+    num_random_blocks: int
+
+
+# Random key blocks per head and query block 1..nb-2: an explicit int32 array, or HF's eval plan.
+Plan = Int[Array, "heads rows r"] | EvalPlan
 
 
 def num_blocks(seq_len: int, block_size: int) -> int:
@@ -98,7 +133,8 @@ def legal_random_blocks(nb: int) -> Bool[Array, "rows nb"]:
 
 
 def eval_plan(num_heads: int, nb: int, num_random_blocks: int) -> Int[Array, "heads rows r"]:
-    """HF's inference-time plan: every random block is block 0 (PT and Flax, eval mode)."""
+    """HF's inference-time plan as an array: every random block is block 0 (PT and Flax, eval
+    mode). `EvalPlan(r)` is the same plan for the attention functions, without the duplicates."""
     return jnp.zeros((num_heads, nb - 2, num_random_blocks), jnp.int32)
 
 
@@ -132,12 +168,23 @@ def gather_blocks(
     return gathered.reshape(heads, rows, r * x.shape[2], x.shape[3])
 
 
+def _resolve_plan(plan: Plan, heads: int, nb: int) -> tuple[Int[Array, "heads rows r"] | None, int]:
+    """`(random blocks to gather or None, r of HF's eval plan or 0)` for the kernel."""
+    if isinstance(plan, EvalPlan):
+        return None, plan.num_random_blocks
+    if plan.shape[:2] != (heads, nb - 2):
+        raise ValueError(f"plan has shape {plan.shape}, expected ({heads}, {nb - 2}, r)")
+    if plan.shape[2] == 0:
+        return None, 0
+    return plan.astype(jnp.int32), 0
+
+
 def block_sparse_attention(
     q: Float[Array, "heads seq dim"],
     k: Float[Array, "heads seq dim"],
     v: Float[Array, "heads seq dim"],
     mask: Real[Array, " seq"],
-    plan: Int[Array, "heads rows r"] | int,
+    plan: Plan,
     *,
     block_size: int,
     return_probs: bool = False,
@@ -147,15 +194,11 @@ def block_sparse_attention(
     **Arguments:**
     - `q`, `k`, `v`: per-head queries, keys, values; `seq` a multiple of `block_size`, >= 5 blocks.
     - `mask`: 1 for real tokens, 0 for padding. It is a constant here (no gradient flows to it).
-    - `plan`: random key blocks per head and query block 1..nb-2 (e.g. `random_plan`), or an int
-      `r`: HF's eval plan with `r` random blocks (`eval_plan`), computed without its duplicates.
+    - `plan`: random key blocks per head and query block 1..nb-2 (e.g. `random_plan`), or
+      `EvalPlan(r)`: HF's eval plan (every random block is block 0), without its duplicates.
     - `return_probs`: also return the dense `(heads, seq, seq)` attention map (costs O(seq^2)).
 
     **Returns:** `(context, probs)`; padded query rows of `context` are zero (HF's `from_mask`).
-
-    HF's eval plan points every random block at block 0, which the other query blocks already
-    attend: its keys count r + 1 times in their softmax. Adding log(1 + r) to block 0's scores
-    gives the same weights without r extra copies of block 0.
 
     The gradient is hand-written: the backward pass recomputes the scores from `q`, `k` and the
     saved log-sum-exp (as flash attention does), so no attention probabilities are stored for
@@ -164,16 +207,9 @@ def block_sparse_attention(
     heads, seq, dim = q.shape
     nb = num_blocks(seq, block_size)
     _check_block_count(nb, block_size)
-    dedup = isinstance(plan, int)
-    if not dedup and plan.shape[:2] != (heads, nb - 2):
-        raise ValueError(f"plan has shape {plan.shape}, expected ({heads}, {nb - 2}, r)")
-    if not dedup and plan.shape[2] == 0:
-        plan, dedup = 0, True
+    gathered, dup_r = _resolve_plan(plan, heads, nb)
     const_mask = jax.lax.stop_gradient(mask.astype(jnp.float32))
-    ctx = _sparse_context(
-        q, k, v, const_mask, None if dedup else plan.astype(jnp.int32), plan if dedup else 0,
-        block_size,
-    )
+    ctx = _sparse_context(q, k, v, const_mask, gathered, dup_r, block_size)
     if not return_probs:
         return ctx, None
     return ctx, densify(blocked_probs(q, k, mask, plan, block_size=block_size)).astype(q.dtype)
@@ -201,12 +237,29 @@ def _row_spec(i, spec):
     return spec.replace("hrk", "hk", 1) if i == 0 else spec
 
 
-def _scores(qb, kb, row_keys, mask, plan, dup_r, scale):
+def _scores(qb, kb, row_keys, mask, plan, dup_r, scale, *, pairwise=False):
     """float32 scores with HF's -10000 penalty on padded keys: the global query blocks'
-    `(h, 2, bs, seq)` and the row chunks `(h, R, bs, keys)` (keys: `_row_operands(kb, plan)`)."""
+    `(h, 2, bs, seq)` and the row chunks `(h, R, bs, keys)` (keys: `_row_operands(kb, plan)`).
+
+    `pairwise=True` applies HF's band and random masks as HF does, penalising a pair when either
+    its query or its key is padding (the window of the middle rows, all random blocks). The
+    context does not need it: padded query rows are zeroed afterwards. Attention maps do.
+    """
     heads, nb, bs, dim = qb.shape
     rows = nb - 2
-    pen = (1.0 - mask.reshape(nb, bs)) * MASK_PENALTY
+    blocked = mask.reshape(nb, bs)
+    pen = (1.0 - blocked) * MASK_PENALTY
+    query = blocked[1:-1][None, :, :, None]  # (1, R, bs, 1)
+
+    def pair(key_mask, rows_affected=slice(None)):
+        """Penalty of a key chunk `(.., R or 1, 1, keys)`, pairwise on `rows_affected`."""
+        key_pen = (1.0 - key_mask) * MASK_PENALTY
+        if not pairwise:
+            return key_pen
+        both = (1.0 - query * key_mask) * MASK_PENALTY
+        affected = np.zeros((1, rows, 1, 1), bool)
+        affected[:, rows_affected] = True
+        return jnp.where(affected, both, key_pen)
 
     def dot(spec, a, b):
         return jnp.einsum(spec, a, b, preferred_element_type=jnp.float32) * scale
@@ -217,16 +270,17 @@ def _scores(qb, kb, row_keys, mask, plan, dup_r, scale):
     pens = [jnp.concatenate([pen[0], pen[-1]]).reshape(1, 1, 1, -1)]
     if dup_r:
         # Eval plan: block 0 counts 1 + r times (0 extra on padded query rows, as HF masks them).
-        dup = jnp.log1p(dup_r * mask.reshape(nb, bs)[1:-1])[None, :, :, None]
+        dup = jnp.log1p(dup_r * blocked[1:-1])[None, :, :, None]
         dup = jnp.broadcast_to(dup, (1, rows, bs, bs))
         pens[0] = pens[0] + jnp.pad(dup, ((0, 0), (0, 0), (0, 0), (0, bs)))
     for j in range(3):
-        left_out = np.zeros((rows, 1), np.float32)  # the edge rows' global window block
+        left_out = np.zeros((1, rows, 1, 1), np.float32)  # the edge rows' global window block
         if j != 1:
-            left_out[0 if j == 0 else -1] = -np.inf
-        pens.append((pen[j : j + rows] + left_out)[None, :, None, :])
+            left_out[:, 0 if j == 0 else -1] = -np.inf
+        # HF's edge rows mask their fixed key blocks by key only; the middle rows' band pairwise.
+        pens.append(pair(blocked[j : j + rows][None, :, None, :], slice(1, -1)) + left_out)
     if plan is not None:
-        pens.append(pen[plan].reshape(heads, rows, 1, -1))
+        pens.append(pair(blocked[plan].reshape(heads, rows, 1, -1)))
     qr = qb[:, 1:-1]
     chunks = [
         dot(_row_spec(i, "hrqd,hrkd->hrqk"), qr, x) + p
@@ -403,194 +457,7 @@ def full_attention(
     return jnp.einsum("hqk,hkd->hqd", dropped, v), probs
 
 
-# -- Reproducing Hugging Face's random plans ---------------------------------------------------------
-#
-# HF (and google-research/bigbird before it) builds a plan by walking rows and heads in a fixed order
-# and, for each, permuting a candidate range and keeping the first r legal blocks. PyTorch draws the
-# permutations from numpy seeded with the layer index (the original paper's fixed per-layer plan);
-# Flax draws them with `jax.random.permutation` from ONE key reused for every row and head. Both are
-# reproduced below by passing the corresponding `permute` function to the same walk.
-
-
-def hf_rand_attn_plan(seq_len: int, block_size: int, num_random_blocks: int):
-    """HF's `_get_rand_attn_plan`: `(plan_from_length, plan_num_rand_blocks)`."""
-    nb, r = seq_len // block_size, num_random_blocks
-    if 2 * r + 5 < nb:
-        return [(2 * r + 5) * block_size, seq_len], [r, 0]
-    if r + 5 < nb:
-        return [(r + 5) * block_size, seq_len], [r // 2, r - r // 2]
-    return [seq_len], [r]
-
-
-def _first_legal(perm, illegal, count, xp):
-    """The first `count` entries of `perm` not in the static set `illegal`, in order."""
-    legal = ~xp.isin(perm, xp.asarray(sorted(illegal), dtype=perm.dtype))
-    order = xp.argsort(~legal, stable=True)[:count]
-    return perm[order]
-
-
-def _single_row(permute, xp, block_id, to_start, to_end, r, wl=1, wr=1, gl=1, gr=1):
-    """HF's `_get_single_block_row_attention`."""
-    perm = permute(np.arange(to_start, to_end, dtype=np.int32))
-    illegal = set(range(block_id - wl, block_id + wr + 1)) | set(range(gl))
-    illegal |= set(range(to_end - gr, to_end))
-    if block_id == 1:
-        illegal.add(to_end - 2)
-    if block_id == to_end - 2:
-        illegal.add(1)
-    available = sum(1 for b in range(to_start, to_end) if b not in illegal)
-    if available < r:
-        raise ValueError(
-            f"query block {block_id} has {available} legal random blocks in [{to_start}, {to_end}), "
-            f"needs {r}"
-        )
-    return _first_legal(perm, illegal, r, xp)
-
-
-def hf_block_rand_mask_with_head(
-    permute, from_seq_length, to_seq_length, from_block_size, to_block_size, num_heads,
-    plan_from_length, plan_num_rand_blocks, window_block_left=1, window_block_right=1,
-    global_block_top=1, global_block_bottom=1, global_block_left=1, global_block_right=1,
-    *, xp=np,
-):
-    """HF's `_bigbird_block_rand_mask_with_head` (training branch), with permutations from
-    `permute(int32 array) -> permuted array` (numpy or jax; `xp` is the matching array module).
-    **Returns:** `(heads, nb - 2, sum(plan_num_rand_blocks))` int32."""
-    if from_seq_length // from_block_size != to_seq_length // to_block_size:
-        raise ValueError("from and to sequences need the same number of blocks")
-    if from_seq_length not in plan_from_length:
-        raise ValueError("from_seq_length is not in plan_from_length")
-    nb = from_seq_length // from_block_size
-    plan_blocks = [length // from_block_size for length in plan_from_length]
-    max_plan_idx = plan_from_length.index(from_seq_length)
-    rand = [
-        xp.zeros((nb, sum(plan_num_rand_blocks[: max_plan_idx + 1])), dtype=xp.int32)
-        for _ in range(num_heads)
-    ]
-    window = dict(
-        wl=window_block_left, wr=window_block_right, gl=global_block_left, gr=global_block_right
-    )
-
-    def fill(row, start, stop, to_start, to_end, r):
-        for h in range(num_heads):
-            picks = _single_row(permute, xp, row, to_start, to_end, r, **window)
-            if xp is np:
-                rand[h][row, start:stop] = picks
-            else:
-                rand[h] = rand[h].at[row, start:stop].set(picks)
-
-    for plan_idx in range(max_plan_idx + 1):
-        rnd_r_cnt = 0
-        if plan_idx > 0:
-            if plan_num_rand_blocks[plan_idx] > 0:
-                rnd_r_cnt = sum(plan_num_rand_blocks[:plan_idx])
-                curr_r_cnt = sum(plan_num_rand_blocks[: plan_idx + 1])
-                for row in range(global_block_top, plan_blocks[plan_idx - 1]):
-                    fill(row, rnd_r_cnt, curr_r_cnt, plan_blocks[plan_idx - 1],
-                         plan_blocks[plan_idx], plan_num_rand_blocks[plan_idx])
-            for pl_id in range(plan_idx):
-                if plan_num_rand_blocks[pl_id] == 0:
-                    continue
-                for row in range(plan_blocks[plan_idx - 1], plan_blocks[plan_idx]):
-                    rnd_r_cnt = sum(plan_num_rand_blocks[:pl_id]) if pl_id > 0 else 0
-                    to_start = plan_blocks[pl_id - 1] if pl_id > 0 else 0
-                    curr_r_cnt = sum(plan_num_rand_blocks[: pl_id + 1])
-                    fill(row, rnd_r_cnt, curr_r_cnt, to_start, plan_blocks[pl_id],
-                         plan_num_rand_blocks[pl_id])
-        if plan_num_rand_blocks[plan_idx] == 0:
-            continue
-        curr_r_cnt = sum(plan_num_rand_blocks[: plan_idx + 1])
-        from_start, to_start = global_block_top, 0
-        if plan_idx > 0:
-            rnd_r_cnt = sum(plan_num_rand_blocks[:plan_idx])
-            from_start = to_start = plan_blocks[plan_idx - 1]
-        for row in range(from_start, plan_blocks[plan_idx]):
-            fill(row, rnd_r_cnt, curr_r_cnt, to_start, plan_blocks[plan_idx],
-                 plan_num_rand_blocks[plan_idx])
-    return xp.stack([x[global_block_top : nb - global_block_bottom] for x in rand])
-
-
-def hf_block_rand_mask(
-    permute, from_seq_length, to_seq_length, from_block_size, to_block_size, num_rand_blocks,
-    last_idx=-1, *, xp=np,
-):
-    """HF's `_bigbird_block_rand_mask` (training branch; the "old plan" for 1024, 3072 and 4096
-    tokens, which draws random blocks only below `last_idx`). **Returns:** `(nb - 2, r)` int32."""
-    if from_seq_length // from_block_size != to_seq_length // to_block_size:
-        raise ValueError("from and to sequences need the same number of blocks")
-    nb = from_seq_length // from_block_size
-    middle = np.arange(1, to_seq_length // to_block_size - 1, dtype=np.int32)
-    last = to_seq_length // to_block_size - 1
-    if last_idx > 2 * to_block_size:
-        last = last_idx // to_block_size - 1
-    r = num_rand_blocks
-    rows = []
-    for i in range(1, nb - 1):
-        start, end = i - 2, i
-        if i == 1:
-            candidates = middle[2:last]
-        elif i == 2:
-            candidates = middle[3:last]
-        elif i in (nb - 3, nb - 2):
-            candidates = middle[:last]  # HF's comments: "Missing -3" / "Missing -4"
-        elif start > last:
-            candidates = middle[:last]
-        elif end + 1 == last:
-            candidates = middle[:start]
-        else:
-            candidates = np.concatenate((middle[:start], middle[end + 1 : last]))
-        rows.append(permute(candidates)[:r])
-    return xp.stack(rows).astype(xp.int32)
-
-
-def _hf_plan(permute, xp, num_heads, seq_len, block_size, num_random_blocks, max_seqlen):
-    """The plan HF's block-sparse attention builds for `seq_len` with permutations `permute`."""
-    nb = seq_len // block_size
-    if seq_len in (1024, 3072, 4096):  # HF's "old plans used in paper"
-        return xp.stack([
-            hf_block_rand_mask(
-                permute, max_seqlen, max_seqlen, block_size, block_size, num_random_blocks,
-                last_idx=1024, xp=xp,
-            )[: nb - 2]
-            for _ in range(num_heads)
-        ])
-    lengths, counts = hf_rand_attn_plan(seq_len, block_size, num_random_blocks)
-    return hf_block_rand_mask_with_head(
-        permute, seq_len, seq_len, block_size, block_size, num_heads, lengths, counts, xp=xp
-    )
-
-
-def paper_plan(
-    layer_index: int, num_heads: int, seq_len: int, block_size: int, num_random_blocks: int,
-    *, max_position_embeddings: int = 4096,
-) -> np.ndarray:
-    """The original paper's fixed plan for one layer (numpy seeded with the layer index), which
-    HF PyTorch uses in training: the same blocks every step. **Returns:** `(heads, nb-2, r)`."""
-    rng = np.random.RandomState(layer_index)
-    return _hf_plan(
-        rng.permutation, np, num_heads, seq_len, block_size, num_random_blocks,
-        max_position_embeddings,
-    )
-
-
-def hf_flax_plan(
-    key: PRNGKeyArray, num_heads: int, seq_len: int, block_size: int, num_random_blocks: int,
-    *, max_position_embeddings: int = 4096,
-) -> Int[Array, "heads rows r"]:
-    """The plan HF Flax's training code computes from `indices_rng` (its one key reused for
-    every row and head). Jit-safe. Note that HF Flax itself only uses it for 1024, 3072 and 4096
-    tokens: for other lengths its call site drops `deterministic` and it uses zeros."""
-    return _hf_plan(
-        lambda x: jax.random.permutation(key, jnp.asarray(x)), jnp, num_heads, seq_len, block_size,
-        num_random_blocks, max_position_embeddings,
-    )
-
-
 # -- Attention probabilities in their compact blocked form ------------------------------------------
-
-import equinox as eqx  # (this section was added after the rest, so its import is here)
-
-__all__ += ["BlockedProbs", "blocked_probs", "densify"]
 
 
 class BlockedProbs(eqx.Module):
@@ -601,73 +468,79 @@ class BlockedProbs(eqx.Module):
       (`(5 + r) * bs` keys per row, slot `s` holds keys `key_blocks[..., s]`); a key block listed
       twice (HF's eval plan) has its weight in each slot. Slot -1 of the edge rows is unused (0).
     - `key_blocks`: `block_key_indices(plan, nb)`.
+    - `length`: the number of real (un-padded) positions `densify` keeps; `None`: all.
     """
 
     global_rows: Float[Array, "heads 2 bs seq"]
     rows: Float[Array, "heads rows bs keys"]
     key_blocks: Int[Array, "heads rows slots"]
+    length: int | None = eqx.field(static=True, default=None)
+
+
+def _hf_slot_order(glob, w0, w1, w2, rand):
+    """The row chunks' weights in HF's key order (`block_key_indices`): middle rows
+    [0, i-1, i, i+1, rand, nb-1]; the edge rows [0, 1, 2, nb-1, rand, -] and
+    [0, nb-3, nb-2, nb-1, rand, -], whose window block that is also global is in `glob`."""
+    bs = w0.shape[-1]
+    first, last = glob[..., :bs], glob[..., bs:]
+    unused = jnp.zeros_like(first)
+    middle = jnp.concatenate([first, w0, w1, w2, rand, last], axis=-1)
+    top = jnp.concatenate([first, w1, w2, last, rand, unused], axis=-1)
+    bottom = jnp.concatenate([first, w0, w1, last, rand, unused], axis=-1)
+    return middle.at[:, 0].set(top[:, 0]).at[:, -1].set(bottom[:, -1])
 
 
 def blocked_probs(
     q: Float[Array, "heads seq dim"],
     k: Float[Array, "heads seq dim"],
     mask: Real[Array, " seq"],
-    plan: Int[Array, "heads rows r"] | int,
+    plan: Plan,
     *,
     block_size: int,
 ) -> BlockedProbs:
-    """The probabilities `block_sparse_attention` uses, in compact form (see `BlockedProbs`).
+    """The probabilities `block_sparse_attention` uses, in compact form (see `BlockedProbs`),
+    computed by the same score code as its forward pass, with HF's masks on padded query rows.
 
-    **Arguments:** as `block_sparse_attention` (an int `plan` is HF's eval plan, `eval_plan`).
+    **Arguments:** as `block_sparse_attention`.
 
     **Returns:** a `BlockedProbs`; `densify` turns it into the dense `(heads, seq, seq)` map.
     """
     heads, seq, dim = q.shape
-    bs = block_size
-    nb = num_blocks(seq, bs)
-    _check_block_count(nb, bs)
-    if isinstance(plan, int):
-        plan = eval_plan(heads, nb, plan)
-    if plan.shape[:2] != (heads, nb - 2):
-        raise ValueError(f"plan has shape {plan.shape}, expected ({heads}, {nb - 2}, r)")
-    r = plan.shape[2]
-    rsqrt_d = 1.0 / jnp.sqrt(jnp.asarray(dim, q.dtype))
+    nb = num_blocks(seq, block_size)
+    _check_block_count(nb, block_size)
+    gathered, dup_r = _resolve_plan(plan, heads, nb)
     m = mask.astype(jnp.float32)
-    blocked = m.reshape(nb, bs)
-    qb = q.reshape(heads, nb, bs, dim)
-    kb = k.reshape(heads, nb, bs, dim)
-
-    glob_q = jnp.stack([qb[:, 0], qb[:, -1]], axis=1)
-    s = jnp.einsum("hgqd,hkd->hgqk", glob_q, k) * rsqrt_d
-    s = s.astype(jnp.float32) + ((1.0 - m) * MASK_PENALTY)[None, None, None]
-    global_rows = jax.nn.softmax(s, axis=-1)
-
-    idx = block_key_indices(plan, nb)
-    safe = jnp.maximum(idx, 0)
-    keys = jax.vmap(lambda kh, ih: kh[ih])(kb, safe)  # (heads, rows, slots, bs, dim)
-    s = jnp.einsum("hrqd,hrsbd->hrqsb", qb[:, 1:-1], keys) * rsqrt_d
-    # HF's masks: global and (edge rows') fixed key blocks mask keys only; window blocks of the
-    # middle rows and all random blocks mask (query, key) pairs (its band and random masks).
-    slot = jnp.arange(5 + r)[None, :]
-    row = jnp.arange(nb - 2)[:, None]
-    edge = (row == 0) | (row == nb - 3)
-    pairwise = ((slot >= 1) & (slot <= 3) & ~edge) | ((slot >= 4) & (slot < 4 + r))
-    key_mask = blocked[safe][:, :, None]  # (heads, rows, 1, slots, bs)
-    query_mask = blocked[1:-1][None, :, :, None, None]  # (1, rows, bs, 1, 1)
-    both = key_mask * jnp.where(pairwise[None, :, None, :, None], query_mask, 1.0)
-    s = s.astype(jnp.float32) + (1.0 - both) * MASK_PENALTY
-    s = jnp.where((idx < 0)[:, :, None, :, None], -jnp.inf, s)
-    rows = jax.nn.softmax(s.reshape(heads, nb - 2, bs, (5 + r) * bs), axis=-1)
-    return BlockedProbs(global_rows.astype(q.dtype), rows.astype(q.dtype), idx)
+    qb, kb = (x.reshape(heads, nb, block_size, dim) for x in (q, k))
+    s_global, chunks = _scores(
+        qb, kb, _row_operands(kb, gathered), m, gathered, dup_r, 1.0 / math.sqrt(dim),
+        pairwise=True,
+    )
+    (e,), total, _ = _softmax_parts([s_global])
+    global_rows = e / total[..., None]
+    exps, total, _ = _softmax_parts(chunks)
+    glob, w0, w1, w2, *rand = (e / total[..., None] for e in exps)
+    if dup_r:
+        # Block 0's merged weight, split evenly over its 1 + r copies (1 on padded query rows).
+        real = m.reshape(nb, block_size)[1:-1][None, :, :, None]
+        single = glob[..., :block_size] / (1.0 + dup_r * real)
+        glob = glob.at[..., :block_size].set(single)
+        rand = [jnp.concatenate([single * real] * dup_r, axis=-1)]
+        gathered = eval_plan(heads, nb, dup_r)
+    elif gathered is None:
+        rand, gathered = [w0[..., :0]], eval_plan(heads, nb, 0)
+    rows = _hf_slot_order(glob, w0, w1, w2, rand[0])
+    key_blocks = block_key_indices(gathered, nb)
+    return BlockedProbs(global_rows.astype(q.dtype), rows.astype(q.dtype), key_blocks)
 
 
 def densify(blocked: BlockedProbs) -> Float[Array, "heads seq seq"]:
     """The dense `(heads, seq, seq)` attention map of `blocked_probs` (a key block listed twice
-    gets the sum of its weights, as in HF's eval plan). Costs O(seq^2): for plots and checks."""
+    gets the sum of its weights, as in HF's eval plan), cut to `blocked.length` positions.
+    Costs O(seq^2): for plots and checks."""
     heads, _, bs, seq = blocked.global_rows.shape
     nb = seq // bs
     dense_rows = _scatter_key_blocks(blocked.rows, blocked.key_blocks, nb)
-    return jnp.concatenate(
+    dense = jnp.concatenate(
         [
             blocked.global_rows[:, 0],
             dense_rows.reshape(heads, (nb - 2) * bs, seq),
@@ -675,3 +548,5 @@ def densify(blocked: BlockedProbs) -> Float[Array, "heads seq seq"]:
         ],
         axis=1,
     )
+    n = seq if blocked.length is None else blocked.length
+    return dense[:, :n, :n]
