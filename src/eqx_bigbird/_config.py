@@ -147,6 +147,33 @@ class BigBirdConfig:
         """Lengths up to this fall back to full attention in block-sparse mode (HF PT's rule)."""
         return (5 + 2 * self.num_random_blocks) * self.block_size
 
+    @property
+    def decoder_attention(self) -> bool:
+        """Whether the layers attend as a decoder (causally, and/or to encoder states)."""
+        return self.is_decoder or self.add_cross_attention
+
+    @property
+    def self_attention_type(self) -> str:
+        """The self-attention the layers are built with. Decoders always run full attention:
+        block-sparse attention has global and random blocks that see later tokens (it cannot be
+        causal), and its blocked layout cannot read a key/value cache or attend to encoder states.
+        """
+        return "original_full" if self.decoder_attention else self.attention_type
+
+    def uses_block_sparse(self, seq_len: int) -> bool:
+        """Whether a call on `seq_len` tokens runs block-sparse attention. Shorter sequences than
+        `max_tokens_for_full_attention` + 1 run full attention on the same weights (per call)."""
+        return (
+            self.self_attention_type == "block_sparse"
+            and seq_len > self.max_tokens_for_full_attention
+        )
+
+    def padded_length(self, seq_len: int) -> int:
+        """The length a call runs at: a multiple of `block_size` when block-sparse."""
+        if not self.uses_block_sparse(seq_len):
+            return seq_len
+        return -(-seq_len // self.block_size) * self.block_size
+
     def replace(self, **changes) -> "BigBirdConfig":
         """A copy with some fields changed (and validated again)."""
         if "num_labels" in changes:
@@ -163,65 +190,18 @@ class BigBirdConfig:
         `extra`), or one of a few generic keys accepted only at their default value. Unknown keys
         raise `ValueError` (with `strict=False` they are kept in `extra` with a warning).
         """
-        if isinstance(path_or_dict, dict):
-            raw = dict(path_or_dict)
-        else:
-            path = os.fspath(path_or_dict)
-            if os.path.isdir(path):
-                path = os.path.join(path, "config.json")
-            with open(path, encoding="utf-8") as f:
-                raw = json.load(f)
-
+        raw = _read_json(path_or_dict)
         model_type = raw.pop("model_type", "big_bird")
         if model_type != "big_bird":
             raise ValueError(
                 f"config model_type={model_type!r} is not 'big_bird'"
                 + (" (use eqx_bigbird.from_bert for BERT/RoBERTa)" if model_type in ("bert", "roberta") else "")
             )
+        labels = _labels(raw.pop("id2label", None), raw.pop("label2id", None), raw.pop("num_labels", None))
         fields = {f.name for f in dataclasses.fields(cls)} - {"id2label", "architectures", "extra"}
-        kwargs: dict[str, Any] = {}
-        extra: dict[str, Any] = {}
-        unknown = []
-        id2label = raw.pop("id2label", None)
-        label2id = raw.pop("label2id", None)
-        num_labels = raw.pop("num_labels", None)
-        for key, value in raw.items():
-            if key in fields:
-                kwargs[key] = value
-            elif key == "architectures":
-                kwargs[key] = None if value is None else tuple(value)
-            elif key in _REQUIRED_VALUES:
-                if value != _REQUIRED_VALUES[key]:
-                    raise ValueError(
-                        f"config {key}={value!r} is not supported (only {_REQUIRED_VALUES[key]!r})"
-                    )
-                extra[key] = value
-            elif key in _PASSTHROUGH_KEYS:
-                extra[key] = value
-            else:
-                unknown.append(key)
-        if unknown:
-            if strict:
-                raise ValueError(
-                    f"unknown BigBird config key(s) {sorted(unknown)}; pass strict=False to keep "
-                    "them unused"
-                )
-            warnings.warn(f"unknown BigBird config key(s) {sorted(unknown)} kept but unused")
-            extra.update({k: raw[k] for k in unknown})
-
-        if id2label is not None:
-            labels = {int(i): name for i, name in id2label.items()}
-            if sorted(labels) != list(range(len(labels))):
-                raise ValueError(f"config id2label keys must be 0..n-1, got {sorted(labels)}")
-            kwargs["id2label"] = tuple(labels[i] for i in range(len(labels)))
-        elif num_labels is not None:
-            kwargs["id2label"] = _default_labels(num_labels)
-        if num_labels is not None and num_labels != len(kwargs.get("id2label", _default_labels(2))):
-            raise ValueError(f"config num_labels={num_labels} disagrees with id2label")
-        if label2id is not None:
-            expected = {name: i for i, name in enumerate(kwargs.get("id2label", _default_labels(2)))}
-            if {k: int(v) for k, v in label2id.items()} != expected:
-                raise ValueError("config label2id is not the inverse of id2label")
+        kwargs, extra = _sort_keys(raw, fields, strict)
+        if labels is not None:
+            kwargs["id2label"] = labels
         kwargs["extra"] = tuple(sorted((k, json.dumps(v)) for k, v in extra.items()))
         return cls(**kwargs)
 
@@ -253,3 +233,63 @@ class BigBirdConfig:
         from ._io import atomic_write_text
 
         atomic_write_text(path, json.dumps(self.to_hf(), indent=2, sort_keys=True) + "\n")
+
+
+def _read_json(path_or_dict) -> dict[str, Any]:
+    if isinstance(path_or_dict, dict):
+        return dict(path_or_dict)
+    path = os.fspath(path_or_dict)
+    if os.path.isdir(path):
+        path = os.path.join(path, "config.json")
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def _sort_keys(raw: dict, fields: set[str], strict: bool) -> tuple[dict, dict]:
+    """`(constructor kwargs, extra keys kept unused)`; unknown keys raise unless not `strict`."""
+    kwargs: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
+    unknown = []
+    for key, value in raw.items():
+        if key in fields:
+            kwargs[key] = value
+        elif key == "architectures":
+            kwargs[key] = None if value is None else tuple(value)
+        elif key in _REQUIRED_VALUES:
+            if value != _REQUIRED_VALUES[key]:
+                raise ValueError(
+                    f"config {key}={value!r} is not supported (only {_REQUIRED_VALUES[key]!r})"
+                )
+            extra[key] = value
+        elif key in _PASSTHROUGH_KEYS:
+            extra[key] = value
+        else:
+            unknown.append(key)
+    if unknown:
+        if strict:
+            raise ValueError(
+                f"unknown BigBird config key(s) {sorted(unknown)}; pass strict=False to keep "
+                "them unused"
+            )
+        warnings.warn(f"unknown BigBird config key(s) {sorted(unknown)} kept but unused")
+        extra.update({k: raw[k] for k in unknown})
+    return kwargs, extra
+
+
+def _labels(id2label, label2id, num_labels) -> tuple[str, ...] | None:
+    """The label names HF's `id2label` / `label2id` / `num_labels` describe (checked to agree)."""
+    labels = None
+    if id2label is not None:
+        by_id = {int(i): name for i, name in id2label.items()}
+        if sorted(by_id) != list(range(len(by_id))):
+            raise ValueError(f"config id2label keys must be 0..n-1, got {sorted(by_id)}")
+        labels = tuple(by_id[i] for i in range(len(by_id)))
+    elif num_labels is not None:
+        labels = _default_labels(num_labels)
+    names = _default_labels(2) if labels is None else labels
+    if num_labels is not None and num_labels != len(names):
+        raise ValueError(f"config num_labels={num_labels} disagrees with id2label")
+    if label2id is not None:
+        if {k: int(v) for k, v in label2id.items()} != {name: i for i, name in enumerate(names)}:
+            raise ValueError("config label2id is not the inverse of id2label")
+    return labels

@@ -8,7 +8,7 @@ from jaxtyping import Array, ArrayLike, Bool, Float, Int, PRNGKeyArray
 
 from ._config import BigBirdConfig
 from ._heads import BigBirdForCausalLM
-from ._modules import KVCache
+from ._model import KVCache
 
 
 def init_cache(config: BigBirdConfig, max_length: int) -> KVCache:

@@ -1,13 +1,14 @@
 """BigBird's task heads (HF `BigBirdFor*`), each holding the encoder as `bert`, called on ONE example.
 
-Every head loads HF checkpoints (PyTorch safetensors or Flax msgpack) through
-`_checkpoint.from_pretrained` with one declarative name map: the encoder's canonical `bert.` names
-plus the head's own (HF's PyTorch module names; Flax names coincide after the generic
-kernel/scale/embedding rewrite). Which heads hold a pooler follows what they use: PreTraining,
-SequenceClassification and MultipleChoice (as HF PyTorch and Flax do); MaskedLM, CausalLM,
-TokenClassification and QuestionAnswering do not (HF PyTorch keeps an unused one in the first
-three; its weights are then reported as unused checkpoint keys).
+Every head shares `AbstractHead`: the call's mode and keys, the encoder call, the compute dtype
+for the head's own modules, loading and export. Each keeps an explicit, annotated `__call__`.
+Which heads hold a pooler follows what they use: PreTraining, SequenceClassification and
+MultipleChoice (as HF PyTorch and Flax do); MaskedLM, CausalLM, TokenClassification and
+QuestionAnswering do not (HF PyTorch keeps an unused one in the first three; its weights are then
+reported as unused checkpoint keys).
 """
+
+import dataclasses
 
 import equinox as eqx
 import jax
@@ -15,13 +16,18 @@ import jax.numpy as jnp
 import jax.random as jr
 from jaxtyping import Array, ArrayLike, Bool, Float, Int, PRNGKeyArray, Real
 
+from . import sparse_attention as sa
 from ._activations import ACTIVATIONS
+from ._attention import OutputAttentions
 from ._config import BigBirdConfig
+from ._model import BigBirdModel, BigBirdModelOutput, KVCache
+from ._nn import normal_linear, one_example, per_token, resolve_inference, split_key
 from ._registry import register
-from ._modules import BigBirdModel, KVCache, _apply, _normal_linear, split_key
 
 MaskLike = Int[ArrayLike, " seq"] | Bool[ArrayLike, " seq"] | None
 HeadMask = Real[ArrayLike, "layers heads"] | Real[ArrayLike, " heads"] | None
+HiddenStates = Float[Array, "layers_plus_1 seq hidden"] | None
+Attentions = Float[Array, "layers heads seq kv"] | sa.BlockedProbs | None
 
 
 # -- output records (HF's field names) ------------------------------------------------------------
@@ -33,16 +39,16 @@ class BigBirdForPreTrainingOutput(eqx.Module):
 
     prediction_logits: Float[Array, "n vocab"]
     seq_relationship_logits: Float[Array, "2"]
-    hidden_states: Float[Array, "layers_plus_1 seq hidden"] | None = None
-    attentions: Float[Array, "layers heads seq seq"] | None = None
+    hidden_states: HiddenStates = None
+    attentions: Attentions = None
 
 
 class MaskedLMOutput(eqx.Module):
     """`logits` `(seq or n, vocab)` and, when asked for, `hidden_states` / `attentions`."""
 
     logits: Float[Array, "n vocab"]
-    hidden_states: Float[Array, "layers_plus_1 seq hidden"] | None = None
-    attentions: Float[Array, "layers heads seq seq"] | None = None
+    hidden_states: HiddenStates = None
+    attentions: Attentions = None
 
 
 class CausalLMOutputWithCrossAttentions(eqx.Module):
@@ -51,8 +57,8 @@ class CausalLMOutputWithCrossAttentions(eqx.Module):
 
     logits: Float[Array, "seq vocab"]
     past_key_values: KVCache | None = None
-    hidden_states: Float[Array, "layers_plus_1 seq hidden"] | None = None
-    attentions: Float[Array, "layers heads seq kv"] | None = None
+    hidden_states: HiddenStates = None
+    attentions: Attentions = None
     cross_attentions: Float[Array, "layers heads seq enc_seq"] | None = None
 
 
@@ -60,8 +66,8 @@ class SequenceClassifierOutput(eqx.Module):
     """`logits` `(num_labels,)` and, when asked for, `hidden_states` / `attentions`."""
 
     logits: Float[Array, " labels"]
-    hidden_states: Float[Array, "layers_plus_1 seq hidden"] | None = None
-    attentions: Float[Array, "layers heads seq seq"] | None = None
+    hidden_states: HiddenStates = None
+    attentions: Attentions = None
 
 
 class MultipleChoiceModelOutput(eqx.Module):
@@ -70,15 +76,15 @@ class MultipleChoiceModelOutput(eqx.Module):
 
     logits: Float[Array, " choices"]
     hidden_states: Float[Array, "choices layers_plus_1 seq hidden"] | None = None
-    attentions: Float[Array, "choices layers heads seq seq"] | None = None
+    attentions: Float[Array, "choices layers heads seq seq"] | sa.BlockedProbs | None = None
 
 
 class TokenClassifierOutput(eqx.Module):
     """`logits` `(seq, num_labels)` and, when asked for, `hidden_states` / `attentions`."""
 
     logits: Float[Array, "seq labels"]
-    hidden_states: Float[Array, "layers_plus_1 seq hidden"] | None = None
-    attentions: Float[Array, "layers heads seq seq"] | None = None
+    hidden_states: HiddenStates = None
+    attentions: Attentions = None
 
 
 class BigBirdForQuestionAnsweringModelOutput(eqx.Module):
@@ -89,23 +95,8 @@ class BigBirdForQuestionAnsweringModelOutput(eqx.Module):
     start_logits: Float[Array, " seq"]
     end_logits: Float[Array, " seq"]
     pooler_output: None = None
-    hidden_states: Float[Array, "layers_plus_1 seq hidden"] | None = None
-    attentions: Float[Array, "layers heads seq seq"] | None = None
-
-
-# -- shared pieces --------------------------------------------------------------------------------
-
-# Encoder names inside a head: our `bert.<path>` -> HF's canonical `bert.<path>`.
-def _encoder_names(config: BigBirdConfig) -> dict[str, str]:
-    return {f"bert.{ours}": theirs for ours, theirs in BigBirdModel.hf_names(config).items()}
-
-
-_LM_HEAD_NAMES = {
-    "cls.transform": "cls.predictions.transform.dense",
-    "cls.transform_norm": "cls.predictions.transform.LayerNorm",
-    "cls.bias": "cls.predictions.bias",
-    "cls.decoder": "cls.predictions.decoder",
-}
+    hidden_states: HiddenStates = None
+    attentions: Attentions = None
 
 
 class BigBirdLMPredictionHead(eqx.Module):
@@ -125,21 +116,21 @@ class BigBirdLMPredictionHead(eqx.Module):
     def __init__(self, config: BigBirdConfig, *, key: PRNGKeyArray):
         kt, kd = jr.split(key)
         h, std = config.hidden_size, config.initializer_range
-        self.transform = _normal_linear(h, h, std=std, key=kt)
+        self.transform = normal_linear(h, h, std=std, key=kt)
         self.transform_norm = eqx.nn.LayerNorm(h, eps=config.layer_norm_eps)
         self.bias = jnp.zeros((config.vocab_size,))
         self.decoder = (
             None
             if config.tie_word_embeddings
-            else _normal_linear(h, config.vocab_size, use_bias=False, std=std, key=kd)
+            else normal_linear(h, config.vocab_size, use_bias=False, std=std, key=kd)
         )
         self.hidden_act = config.hidden_act
 
     def __call__(
         self, h: Float[Array, "n hidden"], word_embeddings: Float[Array, "vocab hidden"]
     ) -> Float[Array, "n vocab"]:
-        x = _apply(self.transform, h)
-        x = _apply(self.transform_norm, ACTIVATIONS[self.hidden_act](x))
+        x = per_token(self.transform, h)
+        x = per_token(self.transform_norm, ACTIVATIONS[self.hidden_act](x))
         weight = word_embeddings if self.decoder is None else self.decoder.weight
         return _add_vocab_bias(x @ weight.T, self.bias)
 
@@ -177,28 +168,40 @@ def _at_positions(h, positions):
     return h[positions]
 
 
-def _mode(module, inference, key):
-    """Resolves the call's `inference` flag and checks a key is there when needed."""
-    inference = module.inference if inference is None else inference
-    if not inference and key is None:
-        raise ValueError(
-            f"{type(module).__name__} in training mode needs `key=` (dropout, random attention); "
-            "for deterministic outputs use `eqx.nn.inference_mode(model)` or `inference=True`"
-        )
-    return inference
-
-
-def _dropout(p):
-    return eqx.nn.Dropout(p)
-
-
 def _classifier_dropout(config):
     p = config.classifier_dropout
     return config.hidden_dropout_prob if p is None else p
 
 
-class _Head(eqx.Module):
-    """Shared loading for every head: `from_pretrained` through the generic loader."""
+class AbstractHead(eqx.Module):
+    """What every task head shares: the encoder as `bert`, the `inference` flag, the call's
+    prologue (`_encode`), its compute dtype (`_own`), loading and export."""
+
+    bert: BigBirdModel
+    inference: bool = eqx.field(default=False, kw_only=True)
+
+    @property
+    def config(self) -> BigBirdConfig:
+        return self.bert.config
+
+    def init_kwargs(self) -> dict:
+        """The constructor keywords that rebuild this head's structure and options."""
+        return dataclasses.asdict(self.bert.options)
+
+    def _encode(self, *inputs, key, inference, **kwargs) -> tuple[BigBirdModelOutput, PRNGKeyArray | None, bool]:
+        """Runs the encoder on `inputs` (and `kwargs`, e.g. a decoder's cache) in the call's
+        mode. **Returns:** `(encoder output, the head's own key, inference)`."""
+        inference = resolve_inference(self, inference, key)
+        k_bert, k_head = split_key(key)
+        out = self.bert(*inputs, key=k_bert, inference=inference, **kwargs)
+        return out, k_head, inference
+
+    def _own(self, tree):
+        """`tree` (a module of this head, or the tied embeddings) in the compute dtype."""
+        return self.bert.options.cast(tree)
+
+    def _word_embeddings(self) -> Float[Array, "vocab hidden"]:
+        return self._own(self.bert.embeddings.word_embeddings.weight)
 
     @classmethod
     def from_pretrained(cls, path, **kwargs):
@@ -210,41 +213,37 @@ class _Head(eqx.Module):
         `verbose=True` prints the full report, unused checkpoint keys included. Other keyword
         arguments: see `BigBirdModel.from_pretrained`.
         """
-        from ._checkpoint import from_pretrained
+        from ._hf_load import from_pretrained
 
         return from_pretrained(cls, path, **kwargs)
+
+    def save_pretrained(self, path, **kwargs) -> None:
+        """Writes an HF checkpoint directory; see `eqx_bigbird.save_pretrained`."""
+        from ._export import save_pretrained
+
+        save_pretrained(self, path, **kwargs)
 
 
 # -- the heads ------------------------------------------------------------------------------------
 
 
 @register
-class BigBirdForPreTraining(_Head):
+class BigBirdForPreTraining(AbstractHead):
     """Masked-LM and next-sentence heads on the encoder (HF `BigBirdForPreTraining`)."""
 
-    bert: BigBirdModel
     cls: BigBirdLMPredictionHead
     seq_relationship: eqx.nn.Linear
-    config: BigBirdConfig = eqx.field(static=True)
-    inference: bool = False
 
-    def __init__(self, config: BigBirdConfig, *, key: PRNGKeyArray, scan_layers: bool = True):
+    def __init__(self, config: BigBirdConfig, *, key: PRNGKeyArray, **options):
+        """**Arguments:** `config`, `key`, execution options (see `ExecutionOptions`)."""
         kb, kc, ks = jr.split(key, 3)
-        self.bert = BigBirdModel(config, key=kb, add_pooling_layer=True, scan_layers=scan_layers)
+        self.bert = BigBirdModel(config, key=kb, add_pooling_layer=True, **options)
         self.cls = BigBirdLMPredictionHead(config, key=kc)
-        self.seq_relationship = _normal_linear(
+        self.seq_relationship = normal_linear(
             config.hidden_size, 2, std=config.initializer_range, key=ks
         )
-        self.config = config
-        self.inference = False
 
-    @staticmethod
-    def hf_names(config: BigBirdConfig) -> dict[str, str]:
-        return {
-            **_encoder_names(config), **_LM_HEAD_NAMES,
-            "seq_relationship": "cls.seq_relationship",
-        }
-
+    @one_example()
     def __call__(
         self,
         input_ids: Int[ArrayLike, " seq"],
@@ -257,7 +256,7 @@ class BigBirdForPreTraining(_Head):
         key: PRNGKeyArray | None = None,
         inference: bool | None = None,
         output_hidden_states: bool = False,
-        output_attentions: bool = False,
+        output_attentions: OutputAttentions = False,
     ) -> BigBirdForPreTrainingOutput:
         """MLM logits and next-sentence logits of one sequence.
 
@@ -266,41 +265,33 @@ class BigBirdForPreTraining(_Head):
 
         **Returns:** a `BigBirdForPreTrainingOutput`.
         """
-        inference = _mode(self, inference, key)
-        out = self.bert(
+        out, _, _ = self._encode(
             input_ids, attention_mask, token_type_ids, position_ids, head_mask, key=key,
             inference=inference, output_hidden_states=output_hidden_states,
             output_attentions=output_attentions,
         )
         h = _at_positions(out.last_hidden_state, positions)
         return BigBirdForPreTrainingOutput(
-            prediction_logits=self.cls(h, self.bert.embeddings.word_embeddings.weight),
-            seq_relationship_logits=self.seq_relationship(out.pooler_output),
+            prediction_logits=self._own(self.cls)(h, self._word_embeddings()),
+            seq_relationship_logits=self._own(self.seq_relationship)(out.pooler_output),
             hidden_states=out.hidden_states,
             attentions=out.attentions,
         )
 
 
 @register
-class BigBirdForMaskedLM(_Head):
+class BigBirdForMaskedLM(AbstractHead):
     """The masked-LM head on the encoder (HF `BigBirdForMaskedLM`)."""
 
-    bert: BigBirdModel
     cls: BigBirdLMPredictionHead
-    config: BigBirdConfig = eqx.field(static=True)
-    inference: bool = False
 
-    def __init__(self, config: BigBirdConfig, *, key: PRNGKeyArray, scan_layers: bool = True):
+    def __init__(self, config: BigBirdConfig, *, key: PRNGKeyArray, **options):
+        """**Arguments:** `config`, `key`, execution options (see `ExecutionOptions`)."""
         kb, kc = jr.split(key)
-        self.bert = BigBirdModel(config, key=kb, add_pooling_layer=False, scan_layers=scan_layers)
+        self.bert = BigBirdModel(config, key=kb, add_pooling_layer=False, **options)
         self.cls = BigBirdLMPredictionHead(config, key=kc)
-        self.config = config
-        self.inference = False
 
-    @staticmethod
-    def hf_names(config: BigBirdConfig) -> dict[str, str]:
-        return {**_encoder_names(config), **_LM_HEAD_NAMES}
-
+    @one_example()
     def __call__(
         self,
         input_ids: Int[ArrayLike, " seq"],
@@ -313,7 +304,7 @@ class BigBirdForMaskedLM(_Head):
         key: PRNGKeyArray | None = None,
         inference: bool | None = None,
         output_hidden_states: bool = False,
-        output_attentions: bool = False,
+        output_attentions: OutputAttentions = False,
     ) -> MaskedLMOutput:
         """MLM logits of one sequence.
 
@@ -322,55 +313,45 @@ class BigBirdForMaskedLM(_Head):
 
         **Returns:** a `MaskedLMOutput` (`logits`: `(seq, vocab)`, or `(n, vocab)`).
         """
-        inference = _mode(self, inference, key)
-        out = self.bert(
+        out, _, _ = self._encode(
             input_ids, attention_mask, token_type_ids, position_ids, head_mask, key=key,
             inference=inference, output_hidden_states=output_hidden_states,
             output_attentions=output_attentions,
         )
         h = _at_positions(out.last_hidden_state, positions)
         return MaskedLMOutput(
-            logits=self.cls(h, self.bert.embeddings.word_embeddings.weight),
+            logits=self._own(self.cls)(h, self._word_embeddings()),
             hidden_states=out.hidden_states,
             attentions=out.attentions,
         )
 
 
 @register
-class BigBirdForCausalLM(_Head):
+class BigBirdForCausalLM(AbstractHead):
     """The LM head on a decoder (HF `BigBirdForCausalLM`): causal self-attention, optional
     cross-attention to an encoder's states, and a `KVCache` for incremental decoding (see
     `eqx_bigbird.generate`).
 
-    Decoders always run full attention. A config with `attention_type="block_sparse"` is accepted
-    with a warning and runs full attention on the same weights: block-sparse attention's global and
-    random blocks see later tokens (it cannot be causal), and its blocked layout can neither read a
-    cache nor attend to encoder states. (HF PyTorch switches to full attention only when
-    `add_cross_attention`; otherwise it runs a non-causal block-sparse "decoder" on long inputs.
-    HF Flax silently drops encoder states in block-sparse. We do neither.) Set `is_decoder=True`
-    for causal attention, as HF requires.
+    Decoders always run full attention (`BigBirdConfig.self_attention_type`). A config with
+    `attention_type="block_sparse"` is accepted with a warning and runs full attention on the same
+    weights. (HF PyTorch switches to full attention only when `add_cross_attention`; otherwise it
+    runs a non-causal block-sparse "decoder" on long inputs. HF Flax silently drops encoder states
+    in block-sparse. We do neither.) Set `is_decoder=True` for causal attention, as HF requires.
 
     With encoder states we compute what HF Flax computes. HF PyTorch 4.57 differs: its layer also
     hands `encoder_hidden_states` to the self-attention (which then attends to the encoder instead
     of causally to the decoder) and runs the cross-attention without `encoder_attention_mask`.
     """
 
-    bert: BigBirdModel
     cls: BigBirdLMPredictionHead
-    config: BigBirdConfig = eqx.field(static=True)
-    inference: bool = False
 
-    def __init__(self, config: BigBirdConfig, *, key: PRNGKeyArray, scan_layers: bool = True):
+    def __init__(self, config: BigBirdConfig, *, key: PRNGKeyArray, **options):
+        """**Arguments:** `config`, `key`, execution options (see `ExecutionOptions`)."""
         kb, kc = jr.split(key)
-        self.bert = BigBirdModel(config, key=kb, add_pooling_layer=False, scan_layers=scan_layers)
+        self.bert = BigBirdModel(config, key=kb, add_pooling_layer=False, **options)
         self.cls = BigBirdLMPredictionHead(config, key=kc)
-        self.config = config
-        self.inference = False
 
-    @staticmethod
-    def hf_names(config: BigBirdConfig) -> dict[str, str]:
-        return {**_encoder_names(config), **_LM_HEAD_NAMES}
-
+    @one_example()
     def __call__(
         self,
         input_ids: Int[ArrayLike, " seq"],
@@ -386,7 +367,7 @@ class BigBirdForCausalLM(_Head):
         key: PRNGKeyArray | None = None,
         inference: bool | None = None,
         output_hidden_states: bool = False,
-        output_attentions: bool = False,
+        output_attentions: OutputAttentions = False,
     ) -> CausalLMOutputWithCrossAttentions:
         """Next-token logits of one sequence (or of the next tokens, given a cache).
 
@@ -396,16 +377,14 @@ class BigBirdForCausalLM(_Head):
 
         **Returns:** a `CausalLMOutputWithCrossAttentions`.
         """
-        inference = _mode(self, inference, key)
-        out = self.bert(
-            input_ids, attention_mask, token_type_ids, position_ids, head_mask,
-            encoder_hidden_states=encoder_hidden_states,
+        out, _, _ = self._encode(
+            input_ids, attention_mask, token_type_ids, position_ids, head_mask, key=key,
+            inference=inference, output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions, encoder_hidden_states=encoder_hidden_states,
             encoder_attention_mask=encoder_attention_mask, past_key_values=past_key_values,
-            key=key, inference=inference, output_hidden_states=output_hidden_states,
-            output_attentions=output_attentions,
         )
         return CausalLMOutputWithCrossAttentions(
-            logits=self.cls(out.last_hidden_state, self.bert.embeddings.word_embeddings.weight),
+            logits=self._own(self.cls)(out.last_hidden_state, self._word_embeddings()),
             past_key_values=out.past_key_values,
             hidden_states=out.hidden_states,
             attentions=out.attentions,
@@ -425,9 +404,9 @@ class BigBirdClassificationHead(eqx.Module):
     def __init__(self, config: BigBirdConfig, *, key: PRNGKeyArray):
         kd, ko = jr.split(key)
         h, std = config.hidden_size, config.initializer_range
-        self.dense = _normal_linear(h, h, std=std, key=kd)
-        self.out_proj = _normal_linear(h, config.num_labels, std=std, key=ko)
-        self.dropout = _dropout(_classifier_dropout(config))
+        self.dense = normal_linear(h, h, std=std, key=kd)
+        self.out_proj = normal_linear(h, config.num_labels, std=std, key=ko)
+        self.dropout = eqx.nn.Dropout(_classifier_dropout(config))
         self.hidden_act = config.hidden_act
 
     def __call__(
@@ -441,28 +420,21 @@ class BigBirdClassificationHead(eqx.Module):
 
 
 @register
-class BigBirdForSequenceClassification(_Head):
+class BigBirdForSequenceClassification(AbstractHead):
     """Sequence classification / regression (HF `BigBirdForSequenceClassification`);
     `config.num_labels` outputs (see `eqx_bigbird.sequence_classification_loss` for the loss per
     `config.problem_type`)."""
 
-    bert: BigBirdModel
     classifier: BigBirdClassificationHead
-    config: BigBirdConfig = eqx.field(static=True)
-    inference: bool = False
 
-    def __init__(self, config: BigBirdConfig, *, key: PRNGKeyArray, scan_layers: bool = True):
+    def __init__(self, config: BigBirdConfig, *, key: PRNGKeyArray, **options):
+        """**Arguments:** `config`, `key`, execution options (see `ExecutionOptions`)."""
         kb, kc = jr.split(key)
         # HF computes (and stores) a pooler here that the classifier never reads.
-        self.bert = BigBirdModel(config, key=kb, add_pooling_layer=True, scan_layers=scan_layers)
+        self.bert = BigBirdModel(config, key=kb, add_pooling_layer=True, **options)
         self.classifier = BigBirdClassificationHead(config, key=kc)
-        self.config = config
-        self.inference = False
 
-    @staticmethod
-    def hf_names(config: BigBirdConfig) -> dict[str, str]:
-        return {**_encoder_names(config), "classifier": "classifier"}
-
+    @one_example()
     def __call__(
         self,
         input_ids: Int[ArrayLike, " seq"],
@@ -474,7 +446,7 @@ class BigBirdForSequenceClassification(_Head):
         key: PRNGKeyArray | None = None,
         inference: bool | None = None,
         output_hidden_states: bool = False,
-        output_attentions: bool = False,
+        output_attentions: OutputAttentions = False,
     ) -> SequenceClassifierOutput:
         """Class logits (or regression outputs) of one sequence.
 
@@ -482,43 +454,35 @@ class BigBirdForSequenceClassification(_Head):
 
         **Returns:** a `SequenceClassifierOutput` (`logits`: `(num_labels,)`).
         """
-        inference = _mode(self, inference, key)
-        k_bert, k_head = split_key(key)
-        out = self.bert(
-            input_ids, attention_mask, token_type_ids, position_ids, head_mask, key=k_bert,
+        out, k_head, inference = self._encode(
+            input_ids, attention_mask, token_type_ids, position_ids, head_mask, key=key,
             inference=inference, output_hidden_states=output_hidden_states,
             output_attentions=output_attentions,
         )
+        classifier = self._own(self.classifier)
         return SequenceClassifierOutput(
-            logits=self.classifier(out.last_hidden_state, key=k_head, inference=inference),
+            logits=classifier(out.last_hidden_state, key=k_head, inference=inference),
             hidden_states=out.hidden_states,
             attentions=out.attentions,
         )
 
 
 @register
-class BigBirdForMultipleChoice(_Head):
+class BigBirdForMultipleChoice(AbstractHead):
     """Multiple choice (HF `BigBirdForMultipleChoice`): each choice is encoded, its pooled output
     goes through dropout and a dense layer to one score. One example is `(num_choices, seq)`."""
 
-    bert: BigBirdModel
     classifier: eqx.nn.Linear
     dropout: eqx.nn.Dropout
-    config: BigBirdConfig = eqx.field(static=True)
-    inference: bool = False
 
-    def __init__(self, config: BigBirdConfig, *, key: PRNGKeyArray, scan_layers: bool = True):
+    def __init__(self, config: BigBirdConfig, *, key: PRNGKeyArray, **options):
+        """**Arguments:** `config`, `key`, execution options (see `ExecutionOptions`)."""
         kb, kc = jr.split(key)
-        self.bert = BigBirdModel(config, key=kb, add_pooling_layer=True, scan_layers=scan_layers)
-        self.classifier = _normal_linear(config.hidden_size, 1, std=config.initializer_range, key=kc)
-        self.dropout = _dropout(config.hidden_dropout_prob)
-        self.config = config
-        self.inference = False
+        self.bert = BigBirdModel(config, key=kb, add_pooling_layer=True, **options)
+        self.classifier = normal_linear(config.hidden_size, 1, std=config.initializer_range, key=kc)
+        self.dropout = eqx.nn.Dropout(config.hidden_dropout_prob)
 
-    @staticmethod
-    def hf_names(config: BigBirdConfig) -> dict[str, str]:
-        return {**_encoder_names(config), "classifier": "classifier"}
-
+    @one_example(rank=2)
     def __call__(
         self,
         input_ids: Int[ArrayLike, "choices seq"],
@@ -530,7 +494,7 @@ class BigBirdForMultipleChoice(_Head):
         key: PRNGKeyArray | None = None,
         inference: bool | None = None,
         output_hidden_states: bool = False,
-        output_attentions: bool = False,
+        output_attentions: OutputAttentions = False,
     ) -> MultipleChoiceModelOutput:
         """Scores of the choices of one example.
 
@@ -538,16 +502,10 @@ class BigBirdForMultipleChoice(_Head):
 
         **Returns:** a `MultipleChoiceModelOutput` (`logits`: `(num_choices,)`).
         """
-        inference = _mode(self, inference, key)
+        inference = resolve_inference(self, inference, key)
         input_ids = jnp.asarray(input_ids)
-        if input_ids.ndim != 2:
-            raise ValueError(
-                f"BigBirdForMultipleChoice takes one example of shape (num_choices, seq), got "
-                f"{input_ids.shape}; for a batch use jax.vmap"
-            )
-        choices = input_ids.shape[0]
         k_bert, k_drop = split_key(key)
-        keys = None if k_bert is None else jr.split(k_bert, choices)
+        keys = None if k_bert is None else jr.split(k_bert, input_ids.shape[0])
 
         def encode(ids, mask, types, pos, k):
             return self.bert(
@@ -559,36 +517,29 @@ class BigBirdForMultipleChoice(_Head):
         out = jax.vmap(encode)(input_ids, *optional, keys)
         pooled = self.dropout(out.pooler_output, key=k_drop, inference=inference)
         return MultipleChoiceModelOutput(
-            logits=_apply(self.classifier, pooled)[:, 0],
+            logits=per_token(self._own(self.classifier), pooled)[:, 0],
             hidden_states=out.hidden_states,
             attentions=out.attentions,
         )
 
 
 @register
-class BigBirdForTokenClassification(_Head):
+class BigBirdForTokenClassification(AbstractHead):
     """Per-token classification (HF `BigBirdForTokenClassification`): dropout, dense."""
 
-    bert: BigBirdModel
     classifier: eqx.nn.Linear
     dropout: eqx.nn.Dropout
-    config: BigBirdConfig = eqx.field(static=True)
-    inference: bool = False
 
-    def __init__(self, config: BigBirdConfig, *, key: PRNGKeyArray, scan_layers: bool = True):
+    def __init__(self, config: BigBirdConfig, *, key: PRNGKeyArray, **options):
+        """**Arguments:** `config`, `key`, execution options (see `ExecutionOptions`)."""
         kb, kc = jr.split(key)
-        self.bert = BigBirdModel(config, key=kb, add_pooling_layer=False, scan_layers=scan_layers)
-        self.classifier = _normal_linear(
+        self.bert = BigBirdModel(config, key=kb, add_pooling_layer=False, **options)
+        self.classifier = normal_linear(
             config.hidden_size, config.num_labels, std=config.initializer_range, key=kc
         )
-        self.dropout = _dropout(_classifier_dropout(config))
-        self.config = config
-        self.inference = False
+        self.dropout = eqx.nn.Dropout(_classifier_dropout(config))
 
-    @staticmethod
-    def hf_names(config: BigBirdConfig) -> dict[str, str]:
-        return {**_encoder_names(config), "classifier": "classifier"}
-
+    @one_example()
     def __call__(
         self,
         input_ids: Int[ArrayLike, " seq"],
@@ -600,7 +551,7 @@ class BigBirdForTokenClassification(_Head):
         key: PRNGKeyArray | None = None,
         inference: bool | None = None,
         output_hidden_states: bool = False,
-        output_attentions: bool = False,
+        output_attentions: OutputAttentions = False,
     ) -> TokenClassifierOutput:
         """Label logits for every token of one sequence.
 
@@ -608,16 +559,14 @@ class BigBirdForTokenClassification(_Head):
 
         **Returns:** a `TokenClassifierOutput` (`logits`: `(seq, num_labels)`).
         """
-        inference = _mode(self, inference, key)
-        k_bert, k_drop = split_key(key)
-        out = self.bert(
-            input_ids, attention_mask, token_type_ids, position_ids, head_mask, key=k_bert,
+        out, k_drop, inference = self._encode(
+            input_ids, attention_mask, token_type_ids, position_ids, head_mask, key=key,
             inference=inference, output_hidden_states=output_hidden_states,
             output_attentions=output_attentions,
         )
         h = self.dropout(out.last_hidden_state, key=k_drop, inference=inference)
         return TokenClassifierOutput(
-            logits=_apply(self.classifier, h),
+            logits=per_token(self._own(self.classifier), h),
             hidden_states=out.hidden_states,
             attentions=out.attentions,
         )
@@ -637,11 +586,11 @@ class BigBirdQuestionAnsweringHead(eqx.Module):
     def __init__(self, config: BigBirdConfig, *, key: PRNGKeyArray):
         ki, ko, kq = jr.split(key, 3)
         h, i, std = config.hidden_size, config.intermediate_size, config.initializer_range
-        self.intermediate = _normal_linear(h, i, std=std, key=ki)
-        self.output = _normal_linear(i, h, std=std, key=ko)
+        self.intermediate = normal_linear(h, i, std=std, key=ki)
+        self.output = normal_linear(i, h, std=std, key=ko)
         self.output_norm = eqx.nn.LayerNorm(h, eps=config.layer_norm_eps)
-        self.qa_outputs = _normal_linear(h, 2, std=std, key=kq)
-        self.dropout = _dropout(config.hidden_dropout_prob)
+        self.qa_outputs = normal_linear(h, 2, std=std, key=kq)
+        self.dropout = eqx.nn.Dropout(config.hidden_dropout_prob)
         self.hidden_act = config.hidden_act
 
     def __call__(
@@ -649,44 +598,29 @@ class BigBirdQuestionAnsweringHead(eqx.Module):
     ) -> Float[Array, "seq 2"]:
         k1, k2 = split_key(key)
         x = self.dropout(h, key=k1, inference=inference)
-        x = ACTIVATIONS[self.hidden_act](_apply(self.intermediate, x))
+        x = ACTIVATIONS[self.hidden_act](per_token(self.intermediate, x))
         # HF PyTorch drops out here in training (HF Flax never does: a missing `deterministic`).
-        x = self.dropout(_apply(self.output, x), key=k2, inference=inference)
-        return _apply(self.qa_outputs, _apply(self.output_norm, x + h))
-
-
-_QA_HEAD_NAMES = {
-    "qa_classifier.intermediate": "qa_classifier.intermediate.dense",
-    "qa_classifier.output": "qa_classifier.output.dense",
-    "qa_classifier.output_norm": "qa_classifier.output.LayerNorm",
-    "qa_classifier.qa_outputs": "qa_classifier.qa_outputs",
-}
+        x = self.dropout(per_token(self.output, x), key=k2, inference=inference)
+        return per_token(self.qa_outputs, per_token(self.output_norm, x + h))
 
 
 @register
-class BigBirdForQuestionAnswering(_Head):
+class BigBirdForQuestionAnswering(AbstractHead):
     """Extractive QA (HF `BigBirdForQuestionAnswering`): start and end logits per token, with the
     question's tokens (except [CLS]) pushed down by 1e6 as HF does. `config.num_labels` is set to 2.
     """
 
-    bert: BigBirdModel
     qa_classifier: BigBirdQuestionAnsweringHead
-    config: BigBirdConfig = eqx.field(static=True)
-    inference: bool = False
 
-    def __init__(self, config: BigBirdConfig, *, key: PRNGKeyArray, scan_layers: bool = True):
+    def __init__(self, config: BigBirdConfig, *, key: PRNGKeyArray, **options):
+        """**Arguments:** `config`, `key`, execution options (see `ExecutionOptions`)."""
         if config.num_labels != 2:
             config = config.replace(num_labels=2)  # HF forces it as well
         kb, kq = jr.split(key)
-        self.bert = BigBirdModel(config, key=kb, add_pooling_layer=False, scan_layers=scan_layers)
+        self.bert = BigBirdModel(config, key=kb, add_pooling_layer=False, **options)
         self.qa_classifier = BigBirdQuestionAnsweringHead(config, key=kq)
-        self.config = config
-        self.inference = False
 
-    @staticmethod
-    def hf_names(config: BigBirdConfig) -> dict[str, str]:
-        return {**_encoder_names(config), **_QA_HEAD_NAMES}
-
+    @one_example()
     def __call__(
         self,
         input_ids: Int[ArrayLike, " seq"],
@@ -699,7 +633,7 @@ class BigBirdForQuestionAnswering(_Head):
         key: PRNGKeyArray | None = None,
         inference: bool | None = None,
         output_hidden_states: bool = False,
-        output_attentions: bool = False,
+        output_attentions: OutputAttentions = False,
     ) -> BigBirdForQuestionAnsweringModelOutput:
         """Span start/end logits of one `[CLS] question [SEP] context [SEP]` sequence.
 
@@ -710,32 +644,34 @@ class BigBirdForQuestionAnswering(_Head):
 
         **Returns:** a `BigBirdForQuestionAnsweringModelOutput`.
         """
-        inference = _mode(self, inference, key)
         input_ids = jnp.asarray(input_ids)
-        seq = input_ids.shape[-1]
-        question_mask = None
-        if question_lengths is None and self.config.sep_token_id is not None:
-            question_lengths = jnp.argmax(input_ids == self.config.sep_token_id) + 1
-        if question_lengths is not None:
-            q_len = jnp.asarray(question_lengths)
-            if q_len.shape != ():
-                raise ValueError(f"question_lengths must be a scalar per example, got {q_len.shape}")
-            in_question = jnp.arange(seq) < q_len.astype(jnp.int32)
-            if token_type_ids is None:
-                token_type_ids = (~in_question).astype(jnp.int32)
-            question_mask = in_question.at[0].set(False)
-        k_bert, k_head = split_key(key)
-        out = self.bert(
-            input_ids, attention_mask, token_type_ids, position_ids, head_mask, key=k_bert,
+        in_question = self._question(input_ids, question_lengths)
+        if in_question is not None and token_type_ids is None:
+            token_type_ids = (~in_question).astype(jnp.int32)
+        out, k_head, inference = self._encode(
+            input_ids, attention_mask, token_type_ids, position_ids, head_mask, key=key,
             inference=inference, output_hidden_states=output_hidden_states,
             output_attentions=output_attentions,
         )
-        logits = self.qa_classifier(out.last_hidden_state, key=k_head, inference=inference)
-        if question_mask is not None:
-            logits = logits - question_mask[:, None].astype(logits.dtype) * 1e6
+        qa = self._own(self.qa_classifier)
+        logits = qa(out.last_hidden_state, key=k_head, inference=inference)
+        if in_question is not None:
+            pushed = in_question.at[0].set(False)  # [CLS] stays, for "no answer"
+            logits = logits - pushed[:, None].astype(logits.dtype) * 1e6
         return BigBirdForQuestionAnsweringModelOutput(
             start_logits=logits[:, 0],
             end_logits=logits[:, 1],
             hidden_states=out.hidden_states,
             attentions=out.attentions,
         )
+
+    def _question(self, input_ids, question_lengths) -> Bool[Array, " seq"] | None:
+        """Which tokens are the question (HF's default: through the first `sep_token_id`)."""
+        if question_lengths is None:
+            if self.config.sep_token_id is None:
+                return None
+            question_lengths = jnp.argmax(input_ids == self.config.sep_token_id) + 1
+        q_len = jnp.asarray(question_lengths)
+        if q_len.shape != ():
+            raise ValueError(f"question_lengths must be a scalar per example, got {q_len.shape}")
+        return jnp.arange(input_ids.shape[-1]) < q_len.astype(jnp.int32)
