@@ -5,7 +5,7 @@ import json
 import os
 
 from .. import from_bert, load, save, save_pretrained
-from .._checkpoint import find_weights_file
+from .._hf_read import find_weights_file
 from .._serialization import model_classes
 from .args import add_command
 
