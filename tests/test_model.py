@@ -263,7 +263,7 @@ def test_running_needs_no_torch_flax_or_transformers(tmp_path):
         "pooler.weight": model.pooler.weight,
         "pooler.bias": model.pooler.bias,
     }
-    from eqx_bigbird._checkpoint import ENCODER_NAMES
+    from eqx_bigbird._hf_names import ENCODER_NAMES
 
     layers = model.encoder.layers
     for ours, theirs in ENCODER_NAMES.items():

@@ -105,7 +105,7 @@ def test_gradients_match_hf_flax(monkeypatch):
     pytest.importorskip("flax")
     from transformers.models.big_bird import modeling_flax_big_bird as fx_mod
 
-    from eqx_bigbird._checkpoint import _flax_to_torch_names
+    from eqx_bigbird._hf_read import flax_to_torch_names
     from eqx_bigbird._export import hf_state
 
     from .hf_reference import flax_model, lenient_jax
@@ -142,7 +142,7 @@ def test_gradients_match_hf_flax(monkeypatch):
     flat = {}
     for path_, leaf in jax.tree_util.tree_flatten_with_path(hf_grads)[0]:
         flat["/".join(p.key for p in path_)] = np.asarray(leaf)
-    hf_named = _flax_to_torch_names(flat)
+    hf_named = flax_to_torch_names(flat)
 
     ours = eb.with_options(
         eqx.nn.inference_mode(eb.BigBirdForMaskedLM.from_pretrained(path), False),

@@ -9,18 +9,12 @@ position 0 is RoBERTa's first real position.
 import json
 import os
 
-import equinox as eqx
 import numpy as np
 
-from ._checkpoint import (
-    CheckpointError,
-    LazyTensors,
-    build_from_state,
-    canonical_name,
-    find_weights_file,
-    read_hf_weights,
-)
 from ._config import BigBirdConfig
+from ._hf_load import build_from_state, finish_load
+from ._hf_names import ENCODER_NAMES, bert_to_bigbird_name
+from ._hf_read import CheckpointError, LazyTensors, read_hf_weights
 
 # BERT/RoBERTa config keys -> BigBird's (same meaning, same name).
 _SHARED_FIELDS = (
@@ -41,27 +35,9 @@ _SHARED_FIELDS = (
     "classifier_dropout",
     "tie_word_embeddings",
 )
-# RoBERTa's names for the modules BigBird calls differently.
-_RENAMES = (
-    ("roberta.", "bert."),
-    ("lm_head.dense.", "cls.predictions.transform.dense."),
-    ("lm_head.layer_norm.", "cls.predictions.transform.LayerNorm."),
-    ("lm_head.decoder.", "cls.predictions.decoder."),
-    ("lm_head.bias", "cls.predictions.bias"),
-)
 # Non-persistent buffers that old checkpoints still carry.
 _BUFFERS = ("bert.embeddings.position_ids", "bert.embeddings.token_type_ids")
-_POSITIONS = "bert.embeddings.position_embeddings.weight"
-
-
-def _bigbird_name(name: str) -> str:
-    for old, new in _RENAMES:
-        if name.startswith(old):
-            name = new + name[len(old) :]
-            break
-    name = canonical_name(name)
-    # BERT's pooler is a module holding `dense`; BigBird's is the Linear itself.
-    return name.replace("bert.pooler.dense.", "bert.pooler.", 1)
+_POSITIONS = ENCODER_NAMES["embeddings.position_embeddings"] + ".weight"
 
 
 def bigbird_config_from_bert(raw: dict, **changes) -> BigBirdConfig:
@@ -114,7 +90,27 @@ def from_bert(
     """
     from ._modules import BigBirdModel
 
-    cls = BigBirdModel if cls is None else cls
+    raw, config = _read_bert_config(
+        path,
+        max_position_embeddings=max_position_embeddings,
+        attention_type=attention_type,
+        block_size=block_size,
+        num_random_blocks=num_random_blocks,
+    )
+    state, source = read_hf_weights(path)
+    model, report = build_from_state(
+        BigBirdModel if cls is None else cls, config, _bigbird_state(state, raw, config),
+        source, key=key, allow_init=True, dtype=dtype, model_kwargs=model_kwargs,
+    )
+    return finish_load(
+        model, report, who="from_bert", shown=report.summary() if verbose else None,
+        return_report=return_report,
+    )
+
+
+def _read_bert_config(path: str | os.PathLike, **bigbird) -> tuple[dict, BigBirdConfig]:
+    """The raw BERT/RoBERTa `config.json` of `path` and the BigBird config made from it with
+    the `bigbird` fields."""
     path = os.fspath(path)
     folder = path if os.path.isdir(path) else os.path.dirname(path)
     config_file = os.path.join(folder, "config.json")
@@ -129,40 +125,23 @@ def from_bert(
             f"{config_file}: model_type={model_type!r}, expected 'bert' or 'roberta'"
         )
     try:
-        config = bigbird_config_from_bert(
-            raw,
-            max_position_embeddings=max_position_embeddings,
-            attention_type=attention_type,
-            block_size=block_size,
-            num_random_blocks=num_random_blocks,
-        )
+        return raw, bigbird_config_from_bert(raw, **bigbird)
     except ValueError as e:
         raise CheckpointError(f"{config_file}: {e}") from None
 
-    state, source = read_hf_weights(find_weights_file(path))
-    offset = raw.get("pad_token_id", 1) + 1 if model_type == "roberta" else 0
+
+def _bigbird_state(state: LazyTensors, raw: dict, config: BigBirdConfig) -> LazyTensors:
+    """A BERT/RoBERTa checkpoint's tensors under BigBird's canonical names, without the buffers,
+    and with the position embeddings extended to `config.max_position_embeddings` (still lazy)."""
+    n = config.max_position_embeddings
+    offset = raw.get("pad_token_id", 1) + 1 if raw["model_type"] == "roberta" else 0
     loaders, shapes = {}, {}
     for name in state:
-        new = _bigbird_name(name)
-        if new in _BUFFERS:
-            continue
-        shape = state.shape(name) if isinstance(state, LazyTensors) else state[name].shape
-        loaders[new], shapes[new] = (lambda name=name: state[name]), tuple(shape)
+        new = bert_to_bigbird_name(name)
+        if new not in _BUFFERS:
+            loaders[new], shapes[new] = (lambda name=name: state[name]), state.shape(name)
     if _POSITIONS in loaders:
         old = loaders[_POSITIONS]
-        loaders[_POSITIONS] = lambda: extend_positions(old()[offset:], max_position_embeddings)
-        shapes[_POSITIONS] = (max_position_embeddings, shapes[_POSITIONS][1])
-    renamed = LazyTensors(loaders, shapes, source)
-
-    model, report = build_from_state(
-        cls, config, renamed, source, key=key, allow_init=True, dtype=dtype,
-        model_kwargs=model_kwargs,
-    )
-    if report.initialised:
-        import warnings
-
-        warnings.warn(f"from_bert: newly initialised from `key`: {report.initialised}")
-    if verbose:
-        print(report.summary())
-    model = eqx.nn.inference_mode(model)
-    return (model, report) if return_report else model
+        loaders[_POSITIONS] = lambda: extend_positions(old()[offset:], n)
+        shapes[_POSITIONS] = (n, shapes[_POSITIONS][1])
+    return LazyTensors(loaders, shapes, state.source)

@@ -1,7 +1,7 @@
 """Export to Hugging Face: `config.json` + `model.safetensors` in HF PyTorch names and layouts,
 and optionally `flax_model.msgpack` in Flax names and layouts (written with msgpack, no flax).
 
-The names come from the same declarative map the loader uses (`cls.hf_names(config)`), read the
+The names come from the same declarative map the loader uses (`_hf_names.hf_names`), read the
 other way: each of our leaves has one HF pattern; stacked layers are un-stacked to `layer.{i}`.
 """
 
@@ -13,18 +13,28 @@ import jax
 import msgpack
 import numpy as np
 
-from ._checkpoint import FLAX_MSGPACK, SAFETENSORS, hf_name_of, hf_tied_names
-from ._tree import path_str
+from ._hf_names import hf_name_of, hf_names, saved_name, tied_names
+from ._hf_read import FLAX_MSGPACK, SAFETENSORS
 from ._io import atomic_writer, atomic_write_text, write_safetensors
+from ._tree import array_leaves, path_str
 
 # Flax splits arrays above this many bytes into chunks (flax.serialization.MAX_CHUNK_SIZE).
 _FLAX_MAX_CHUNK = 2**30
 
 
-def _is_hf_base_model(names) -> bool:
-    # HF base classes (BigBirdModel) save their keys without the `bert.` prefix; head classes
-    # always own some key outside `bert.`.
-    return all(v.startswith("bert.") for v in names.values())
+_MODULE_KINDS = {eqx.nn.Linear: "linear", eqx.nn.LayerNorm: "layer_norm", eqx.nn.Embedding: "embedding"}
+
+
+def _module_kinds(model) -> dict[str, str]:
+    """Our leaf path -> the kind of module that holds it, for the leaves of those in
+    `_MODULE_KINDS`."""
+    is_module = lambda x: type(x) in _MODULE_KINDS  # noqa: E731
+    kinds = {}
+    for path, node in jax.tree_util.tree_flatten_with_path(model, is_leaf=is_module)[0]:
+        if is_module(node):
+            for sub, _ in jax.tree_util.tree_flatten_with_path(node)[0]:
+                kinds[path_str(path + sub)] = _MODULE_KINDS[type(node)]
+    return kinds
 
 
 def hf_state(model, *, include_tied: bool = False) -> list[tuple[str, np.ndarray, str]]:
@@ -32,27 +42,13 @@ def hf_state(model, *, include_tied: bool = False) -> list[tuple[str, np.ndarray
 
     Names are as HF's `save_pretrained` of the same class writes them (base model: no `bert.`).
     `kind` is the leaf's module type (`linear`, `layer_norm`, `embedding` or `other`), which decides
-    its Flax name and layout. `include_tied` adds the class's `hf_tied_names` as copies (HF itself
-    omits them when saving and re-ties them when loading).
+    its Flax name and layout. `include_tied` adds the class's tied keys (`_hf_names.tied_names`)
+    as copies (HF itself omits them when saving and re-ties them when loading).
     """
     cls, config = type(model), model.config
-    names = cls.hf_names(config)
-    kinds = {}
-    by_type = {
-        eqx.nn.Linear: "linear",
-        eqx.nn.LayerNorm: "layer_norm",
-        eqx.nn.Embedding: "embedding",
-    }
-    is_module = lambda x: type(x) in by_type  # noqa: E731
-    for path, node in jax.tree_util.tree_flatten_with_path(model, is_leaf=is_module)[0]:
-        if is_module(node):
-            for sub, _ in jax.tree_util.tree_flatten_with_path(node)[0]:
-                kinds[path_str(path + sub)] = by_type[type(node)]
+    names, kinds = hf_names(cls, config), _module_kinds(model)
     out = []
-    for path, leaf in jax.tree_util.tree_flatten_with_path(model)[0]:
-        if not eqx.is_array(leaf):
-            continue
-        ours = path_str(path)
+    for ours, leaf in array_leaves(model):
         pattern = hf_name_of(ours, names)
         kind = kinds.get(ours, "other")
         value = np.asarray(leaf)  # no copy on CPU
@@ -67,11 +63,8 @@ def hf_state(model, *, include_tied: bool = False) -> list[tuple[str, np.ndarray
             out.append((pattern, value, kind))
     if include_tied:
         by_name = {name: (value, kind) for name, value, kind in out}
-        for name, target in hf_tied_names(cls, config).items():
-            out.append((name, by_name[target][0], by_name[target][1]))
-    if _is_hf_base_model(names):
-        out = [(n.removeprefix("bert."), v, k) for n, v, k in out]
-    return out
+        out.extend((name, *by_name[target]) for name, target in tied_names(cls, config).items())
+    return [(saved_name(cls, name), value, kind) for name, value, kind in out]
 
 
 def _to_flax(name: str, value: np.ndarray, kind: str) -> tuple[list[str], np.ndarray]:
@@ -124,41 +117,48 @@ def write_flax_msgpack(path, tree: dict) -> None:
         emit(f, tree)
 
 
+def _flax_tree(state: list[tuple[str, np.ndarray, str]]) -> dict:
+    """The nested Flax parameter dict of `hf_state` entries."""
+    tree: dict = {}
+    for name, value, kind in state:
+        keys, value = _to_flax(name, value, kind)
+        node = tree
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+        node[keys[-1]] = _flax_leaf(value)
+    return tree
+
+
 def save_pretrained(
     model, path: str | os.PathLike, *, flax: bool = False, include_tied: bool = False
 ) -> None:
     """Writes `model` as a Hugging Face checkpoint directory.
 
     **Arguments:**
-    - `model`: one of our model classes (`BigBirdModel`, or a head declaring `hf_names`).
+    - `model`: one of our model classes.
     - `path`: the directory (created if needed).
     - `flax`: also write `flax_model.msgpack` (Flax names, (in, out) kernels).
-    - `include_tied`: also write tied keys (e.g. `cls.predictions.decoder.weight`) as copies;
-      HF's own `save_pretrained` leaves them out.
+    - `include_tied`: also write tied keys (`cls.predictions.decoder.weight` and `.bias`) as
+      copies in `model.safetensors`; HF's own `save_pretrained` leaves them out.
 
-    Writes `config.json` and `model.safetensors` (HF PyTorch names, (out, in) weights), each
-    atomically; `architectures` is the class's `hf_architecture` (default: its name).
+    Writes `config.json` (`architectures`: the class's name) and `model.safetensors` (HF PyTorch
+    names, (out, in) weights), each atomically.
     """
     path = os.fspath(path)
     os.makedirs(path, exist_ok=True)
     cls = type(model)
     state = hf_state(model, include_tied=include_tied)
     config = model.config.to_hf()
-    config["architectures"] = [getattr(cls, "hf_architecture", cls.__name__)]
+    config["architectures"] = [cls.__name__]
     write_safetensors(
         os.path.join(path, SAFETENSORS), [(n, v) for n, v, _ in state], {"format": "pt"}
     )
     if flax:
-        tree: dict = {}
-        for name, value, kind in state:
-            if include_tied and name in hf_tied_names(cls, model.config):
-                continue  # Flax has no kernel for a tied decoder
-            keys, value = _to_flax(name, value, kind)
-            node = tree
-            for k in keys[:-1]:
-                node = node.setdefault(k, {})
-            node[keys[-1]] = _flax_leaf(value)
-        write_flax_msgpack(os.path.join(path, FLAX_MSGPACK), tree)
+        # Flax's LM head holds no decoder kernel or bias to tie: the copies have no Flax name.
+        tied = {saved_name(cls, name) for name in tied_names(cls, model.config)}
+        write_flax_msgpack(
+            os.path.join(path, FLAX_MSGPACK), _flax_tree([e for e in state if e[0] not in tied])
+        )
     atomic_write_text(
         os.path.join(path, "config.json"), json.dumps(config, indent=2, sort_keys=True) + "\n"
     )

@@ -13,15 +13,12 @@ import equinox as eqx
 import jax
 import jax.random as jr
 
-from ._checkpoint import (
-    CheckpointError,
-    _safetensors_header,
-    fill_from_state,
-    read_safetensors,
-)
 from ._config import BigBirdConfig
-from ._tree import path_str
+from ._hf_load import fill_from_state
+from ._hf_read import CheckpointError, read_safetensors, safetensors_header
+from ._registry import MODEL_CLASSES
 from ._io import write_safetensors
+from ._tree import array_leaves, path_str
 
 FORMAT = "eqx-bigbird"
 FORMAT_VERSION = 1
@@ -34,17 +31,8 @@ def checkpoint_file(path) -> str:
 
 
 def model_classes() -> dict[str, type]:
-    """Our model classes by name: every `eqx.Module` exported by `eqx_bigbird` with `hf_names`
-    (so head classes register themselves by being exported)."""
-    import eqx_bigbird
-
-    return {
-        name: obj
-        for name in dir(eqx_bigbird)
-        if isinstance(obj := getattr(eqx_bigbird, name), type)
-        and issubclass(obj, eqx.Module)
-        and hasattr(obj, "hf_names")
-    }
+    """Our model classes by name: those registered with `_registry.register`."""
+    return dict(MODEL_CLASSES)
 
 
 def init_kwargs(model) -> dict:
@@ -81,11 +69,6 @@ def save(path: str | os.PathLike, model) -> str:
     cls = type(model)
     if model_classes().get(cls.__name__) is not cls:
         raise TypeError(f"cannot save a {cls.__name__}: not an eqx_bigbird model class")
-    leaves = [
-        (path_str(p), x)
-        for p, x in jax.tree_util.tree_flatten_with_path(model)[0]
-        if eqx.is_array(x)
-    ]
     metadata = {
         "format": FORMAT,
         "format_version": str(FORMAT_VERSION),
@@ -94,7 +77,7 @@ def save(path: str | os.PathLike, model) -> str:
         "init_kwargs": json.dumps(init_kwargs(model), sort_keys=True),
         "inference": json.dumps(bool(getattr(model, "inference", False))),
     }
-    write_safetensors(file, leaves, metadata)
+    write_safetensors(file, array_leaves(model), metadata)
     return file
 
 
@@ -103,7 +86,7 @@ def read_header(path: str | os.PathLike) -> dict:
     file = checkpoint_file(path)
     if not os.path.exists(file):
         raise CheckpointError(f"{file}: no such file")
-    meta = _safetensors_header(file)[0].get("__metadata__") or {}
+    meta = safetensors_header(file)[0].get("__metadata__") or {}
     if meta.get("format") != FORMAT:
         raise CheckpointError(
             f"{file}: not an eqx-bigbird checkpoint (format={meta.get('format')!r}); HF checkpoints "

@@ -22,6 +22,25 @@ import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
+import optax
+from tqdm.auto import tqdm
+
+from .. import (
+    BigBirdConfig,
+    BigBirdForSequenceClassification,
+    BigBirdModel,
+    Tokenizer,
+    load,
+    save,
+    sequence_classification_loss,
+    sharding,
+)
+from .._io import atomic_write_text
+from .._serialization import checkpoint_file
+from .._tree import array_leaves, path_str
+from ..data import listops
+from ..training import TrainState, make_train_step
+from .args import add_command, add_tokenizer, encoder_of, require_positive
 
 # Model presets: (hidden, layers, heads). "tiny" is the default: it learns ListOps' easy part
 # (the root operator) in the ~10 minute budget of a 2-core CPU.
@@ -42,8 +61,10 @@ RESUME_DIR = "resume"
 STATE_FILE = "train_state.eqx"
 MODEL_FILE = "model.safetensors"
 PROGRESS_FILE = "progress.json"
+METRICS_FILE = "metrics.json"
+PLOT_FILE = "training.png"
 
-TRAIN_EXAMPLES = """\
+EXAMPLES = """\
 examples:
   eqx-bigbird train                                   # ListOps, tiny model, ~10 min on 2 CPU cores
   eqx-bigbird train --seq-len 2000 --steps 5000       # LRA's lengths (500-2000 tokens): hours
@@ -58,18 +79,27 @@ position, PRNG key); `--resume OUT` continues and ends as the uninterrupted run 
 """
 
 
-def add_parser(sub):
-    p = sub.add_parser(
-        "train",
+# -- the parser -----------------------------------------------------------------------------------
+
+
+def add_parser(sub) -> None:
+    p = add_command(
+        sub, "train", train,
         help="train a BigBird classifier (default: embedded ListOps, no download)",
         description="Trains BigBirdForSequenceClassification with a progress bar (loss, tokens/s) "
         "and periodic validation; prints test accuracy and writes OUT/model.safetensors (our "
         "format), OUT/metrics.json and OUT/training.png.",
-        epilog=TRAIN_EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        examples=EXAMPLES,
     )
-    d = DEFAULTS
     p.add_argument("--out", help="output folder (default: runs/<timestamp>)")
+    _add_model_flags(p)
+    _add_optimisation_flags(p)
+    _add_data_flags(p)
+    _add_run_flags(p)
+
+
+def _add_model_flags(p) -> None:
+    d = DEFAULTS
     p.add_argument("--size", choices=sorted(SIZES), help=f"model preset (default {d['size']}: "
                    f"hidden/layers/heads {SIZES[d['size']]})")
     p.add_argument("--hidden", type=int, help="hidden size (overrides --size)")
@@ -82,6 +112,10 @@ def add_parser(sub):
     p.add_argument("--block-size", type=int,
                    help=f"block-sparse block size (default {d['block_size']})")
     p.add_argument("--num-random-blocks", type=int, help=f"default {d['num_random_blocks']}")
+
+
+def _add_optimisation_flags(p) -> None:
+    d = DEFAULTS
     p.add_argument("--steps", type=int, help=f"optimizer steps (default {d['steps']})")
     p.add_argument("--batch-size", type=int, help=f"default {d['batch_size']}")
     p.add_argument("--lr", type=float, help=f"peak AdamW learning rate (default {d['lr']})")
@@ -90,6 +124,10 @@ def add_parser(sub):
     p.add_argument("--seed", type=int, help=f"seeds data, init and dropout (default {d['seed']})")
     p.add_argument("--eval-every", type=int,
                    help=f"validate every N steps (default {d['eval_every']})")
+
+
+def _add_data_flags(p) -> None:
+    d = DEFAULTS
     p.add_argument("--train-size", type=int, help="ListOps training examples (default: "
                    "steps x batch size, so each is seen once)")
     p.add_argument("--val-size", type=int,
@@ -100,8 +138,11 @@ def add_parser(sub):
                    "an HF directory (a new classification head is initialised)")
     p.add_argument("--data", metavar="FILE.jsonl", help="train on your documents instead: one "
                    '{"text": ..., "label": ...} per line, split 80/10/10 by --seed')
-    p.add_argument("--tokenizer", metavar="DIR", help="tokenizer folder for --data (default: the "
-                   "--init directory when it has one)")
+    add_tokenizer(p, help="tokenizer folder for --data (default: the --init directory when it "
+                  "has one)")
+
+
+def _add_run_flags(p) -> None:
     p.add_argument("--resume", metavar="DIR", help="continue the interrupted run in DIR")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     # For tests: behave as if Ctrl-C came right after this step.
@@ -113,23 +154,21 @@ def add_parser(sub):
                    "devices (all), or over the fsdp axis only (fsdp)")
     p.add_argument("--distributed", action="store_true",
                    help="call jax.distributed.initialize() first (one process per host)")
-    p.set_defaults(func=train)
 
 
-# -- arguments ------------------------------------------------------------------------------------
+# -- the run's settings ---------------------------------------------------------------------------
 
 # What a resumed run takes from the saved run rather than from its own command line.
-_RUN_FIELDS = (
+RUN_FIELDS = (
     "size", "hidden", "layers", "heads", "seq_len", "attention", "block_size", "num_random_blocks",
     "steps", "batch_size", "lr", "dropout", "seed", "eval_every", "train_size", "val_size",
-    "test_size",
-    "init", "data", "tokenizer",
+    "test_size", "init", "data", "tokenizer",
 )
 
 
 def _resolve(args) -> dict:
     """The run's settings: explicit flags, else the defaults."""
-    run = {name: getattr(args, name) for name in _RUN_FIELDS}
+    run = {name: getattr(args, name) for name in RUN_FIELDS}
     for name, value in DEFAULTS.items():
         if run[name] is None:
             run[name] = value
@@ -139,11 +178,42 @@ def _resolve(args) -> dict:
     run["heads"] = run["heads"] or heads
     for name in ("seq_len", "steps", "batch_size", "eval_every", "block_size", "hidden", "layers",
                  "heads"):
-        if run[name] < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {run[name]}")
+        require_positive("--" + name.replace("_", "-"), run[name])
     if run["data"] and not (run["tokenizer"] or run["init"]):
         raise ValueError("--data needs --tokenizer DIR (or an --init directory with a tokenizer)")
     return run
+
+
+def _padded(run) -> int:
+    return -(-run["seq_len"] // run["block_size"]) * run["block_size"]
+
+
+@dataclasses.dataclass
+class _Record:
+    """The run so far, as progress.json and metrics.json keep it."""
+
+    run: dict
+    key: jax.Array  # the training key: step s uses fold_in(key, s)
+    history: list  # {"step", "loss"} per step
+    evals: list  # {"step", "accuracy", "loss"} per validation
+    elapsed_before: float  # seconds spent before this process (in the interrupted runs)
+    t_start: float
+
+    def elapsed(self) -> float:
+        return self.elapsed_before + time.time() - self.t_start
+
+    def progress(self, state) -> dict:
+        step = int(state.step)
+        return {
+            "run": self.run, "step": step, "examples_seen": step * self.run["batch_size"],
+            "rng_key": np.asarray(jax.random.key_data(self.key)).tolist(),
+            "history": self.history, "evals": self.evals, "elapsed": self.elapsed(),
+        }
+
+    def validate(self, model, split, step: int) -> tuple[float, float]:
+        acc, loss = _evaluate(model, split, self.run["batch_size"])
+        self.evals.append({"step": step, "accuracy": acc, "loss": loss})
+        return acc, loss
 
 
 # -- data -----------------------------------------------------------------------------------------
@@ -169,14 +239,14 @@ class _Data:
     pad_id: int
     description: str
 
-
-def _padded(run) -> int:
-    return -(-run["seq_len"] // run["block_size"]) * run["block_size"]
+    def majority(self) -> tuple[str, float]:
+        """The most frequent training label, and its share of the test split."""
+        counts = np.bincount(self.train.labels, minlength=len(self.label_names))
+        label = int(counts.argmax())
+        return self.label_names[label], float((self.test.labels == label).mean())
 
 
 def _listops(run, tokenizer) -> _Data:
-    from .data import listops
-
     seq_len = run["seq_len"]
     num_train = run["train_size"] or min(run["steps"] * run["batch_size"], 96_000)
     # LRA keeps 500 < tokens < 2000; shorter runs scale the lower bound down with the window.
@@ -207,9 +277,9 @@ def _listops(run, tokenizer) -> _Data:
     )
 
 
-def _user_data(run, tokenizer) -> _Data:
+def _read_jsonl(path) -> tuple[list[str], list]:
     texts, labels = [], []
-    with open(run["data"], encoding="utf-8") as f:
+    with open(path, encoding="utf-8") as f:
         for number, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -218,32 +288,31 @@ def _user_data(run, tokenizer) -> _Data:
                 texts.append(str(row["text"]))
                 labels.append(row["label"])
             except (ValueError, KeyError, TypeError) as e:
-                raise ValueError(f"{run['data']}:{number}: expected {{\"text\", \"label\"}} ({e})")
+                raise ValueError(f"{path}:{number}: expected {{\"text\", \"label\"}} ({e})")
     if len(texts) < 3:
-        raise ValueError(f"{run['data']}: needs at least 3 examples, has {len(texts)}")
+        raise ValueError(f"{path}: needs at least 3 examples, has {len(texts)}")
+    return texts, labels
+
+
+def _user_data(run, tokenizer) -> _Data:
+    texts, labels = _read_jsonl(run["data"])
     names = tuple(sorted({str(x) for x in labels}, key=lambda s: (len(s), s)))
     index = {name: i for i, name in enumerate(names)}
     y = np.array([index[str(x)] for x in labels], np.int32)
-    length = _padded(run)
-    enc = tokenizer.encode_batch(texts, max_length=length, padding="max_length")
+    enc = tokenizer.encode_batch(texts, max_length=_padded(run), padding="max_length")
     order = np.random.default_rng([run["seed"], 2]).permutation(len(texts))
     n_eval = max(1, len(texts) // 10)
-    parts = {
-        "test": order[:n_eval], "val": order[n_eval : 2 * n_eval], "train": order[2 * n_eval :]
-    }
 
     def take(idx):
         return _Split(enc.input_ids[idx].astype(np.int32),
                       enc.attention_mask[idx].astype(np.int32), y[idx])
 
-    return _Data(take(parts["train"]), take(parts["val"]), take(parts["test"]), names,
-                 tokenizer.vocab_size, tokenizer.pad_token_id or 0,
+    return _Data(take(order[2 * n_eval :]), take(order[n_eval : 2 * n_eval]), take(order[:n_eval]),
+                 names, tokenizer.vocab_size, tokenizer.pad_token_id or 0,
                  f"{run['data']} ({len(texts)} documents, {len(names)} labels)")
 
 
 def _tokenizer(run):
-    from ._tokenizer import Tokenizer
-
     folder = run["tokenizer"]
     if folder is None and run["data"] and run["init"] and os.path.isdir(run["init"]):
         folder = run["init"]
@@ -260,22 +329,15 @@ def _batch_indices(step: int, batch_size: int, n: int, seed: int) -> np.ndarray:
     return np.array(out)
 
 
-_PERMUTATIONS: dict = {}
-
-
+@functools.lru_cache(maxsize=2)  # one epoch, or two at a boundary, is all a run needs at a time
 def _permutation(seed, epoch, n):
-    if (seed, epoch, n) not in _PERMUTATIONS:
-        _PERMUTATIONS.clear()  # one epoch (or two at a boundary) is all a run needs at a time
-        _PERMUTATIONS[(seed, epoch, n)] = np.random.default_rng([seed, 1, epoch]).permutation(n)
-    return _PERMUTATIONS[(seed, epoch, n)]
+    return np.random.default_rng([seed, 1, epoch]).permutation(n)
 
 
 # -- model ----------------------------------------------------------------------------------------
 
 
 def _config(run, data):
-    from ._config import BigBirdConfig
-
     return BigBirdConfig(
         vocab_size=data.vocab_size, hidden_size=run["hidden"], num_hidden_layers=run["layers"],
         num_attention_heads=run["heads"], intermediate_size=4 * run["hidden"],
@@ -287,40 +349,26 @@ def _config(run, data):
     )
 
 
-def _encoder_of(model):
-    from ._modules import BigBirdModel
-
-    return model if isinstance(model, BigBirdModel) else getattr(model, "bert", None)
-
-
 def _load_encoder(path):
-    """The encoder of our checkpoint (any head) or of an HF directory, and its config."""
-    from ._modules import BigBirdModel
-    from ._serialization import checkpoint_file, load
-
-    if os.path.isfile(checkpoint_file(path)):
-        encoder = _encoder_of(load(path))
-        if encoder is None:
-            raise ValueError(f"--init {path}: the checkpoint has no BigBird encoder")
-    else:
-        encoder = BigBirdModel.from_pretrained(path, allow_init=True)
+    """The encoder of our checkpoint (any head) or of an HF directory."""
+    if not os.path.isfile(checkpoint_file(path)):
+        return BigBirdModel.from_pretrained(path, allow_init=True)
+    encoder = encoder_of(load(path))
+    if encoder is None:
+        raise ValueError(f"--init {path}: the checkpoint has no BigBird encoder")
     return encoder
 
 
 def _build_model(run, data, key):
-    from ._heads import BigBirdForSequenceClassification
-
     if not run["init"]:
         return BigBirdForSequenceClassification(_config(run, data), key=key)
     encoder = _load_encoder(run["init"])
-    base = encoder.config
-    overrides = dict(
+    config = encoder.config.replace(
         id2label=data.label_names, problem_type="single_label_classification",
         attention_type=run["attention"], block_size=run["block_size"],
         num_random_blocks=run["num_random_blocks"],
         hidden_dropout_prob=run["dropout"], attention_probs_dropout_prob=run["dropout"],
     )
-    config = base.replace(**overrides)
     if config.max_position_embeddings < _padded(run):
         raise ValueError(
             f"--init {run['init']}: max_position_embeddings={config.max_position_embeddings} is "
@@ -338,13 +386,7 @@ def _build_model(run, data, key):
 def _graft(model, encoder, source):
     """`model` with every array of its encoder taken from `encoder` (by tree path), except those
     `encoder` lacks (a pooler, say), which keep their fresh initialisation."""
-    from ._tree import path_str
-
-    given = {
-        path_str(p): x
-        for p, x in jax.tree_util.tree_flatten_with_path(encoder)[0]
-        if eqx.is_array(x)
-    }
+    given = dict(array_leaves(encoder))
     flat, treedef = jax.tree_util.tree_flatten_with_path(model.bert)
     leaves = []
     for p, x in flat:
@@ -360,8 +402,6 @@ def _graft(model, encoder, source):
 
 
 def _optimizer(run):
-    import optax
-
     warmup = max(1, run["steps"] // 10)
     schedule = optax.warmup_cosine_decay_schedule(
         0.0, run["lr"], warmup, max(run["steps"], warmup + 1), end_value=run["lr"] / 10
@@ -370,8 +410,6 @@ def _optimizer(run):
 
 
 def _loss(model, batch, *, key):
-    from ._losses import sequence_classification_loss
-
     keys = jr.split(key, batch["ids"].shape[0])
     logits = jax.vmap(lambda i, m, k: model(i, m, key=k).logits)(batch["ids"], batch["mask"], keys)
     return sequence_classification_loss(logits, batch["labels"], "single_label_classification")
@@ -385,8 +423,6 @@ def _predict(model, ids, mask):
 
 def _evaluate(model, split: _Split, batch_size: int) -> tuple[float, float]:
     """(accuracy, mean cross-entropy) over a split; the last batch is padded to keep one shape."""
-    import optax
-
     correct, loss, n = 0, 0.0, len(split)
     for start in range(0, n, batch_size):
         idx = np.arange(start, start + batch_size) % n
@@ -406,9 +442,6 @@ def _evaluate(model, split: _Split, batch_size: int) -> tuple[float, float]:
 
 def _save_resume(out, state, progress):
     """Writes OUT/resume/ as a whole or not at all: a temp folder renamed into place."""
-    from ._io import atomic_write_text
-    from ._serialization import save
-
     tmp = tempfile.mkdtemp(dir=out, prefix=".resume-")
     try:
         save(os.path.join(tmp, MODEL_FILE), state.model)  # class + config, to rebuild the skeleton
@@ -430,21 +463,16 @@ def _save_resume(out, state, progress):
 
 
 def _load_resume(folder, optimizer):
-    from ._serialization import load
-    from .training import TrainState
-
     model = eqx.nn.inference_mode(load(os.path.join(folder, MODEL_FILE)), False)
     like = TrainState.create(model, optimizer)
     return eqx.tree_deserialise_leaves(os.path.join(folder, STATE_FILE), like)
 
 
 def _resume_folder(path):
-    for folder in (os.path.join(path, RESUME_DIR), path):
+    # RESUME_DIR.old: a save interrupted between its two renames.
+    for folder in (os.path.join(path, RESUME_DIR), path, os.path.join(path, RESUME_DIR + ".old")):
         if os.path.isfile(os.path.join(folder, PROGRESS_FILE)):
             return folder
-    for old in (os.path.join(path, RESUME_DIR + ".old"),):  # a save interrupted mid-swap
-        if os.path.isfile(os.path.join(old, PROGRESS_FILE)):
-            return old
     raise ValueError(f"--resume {path}: no {RESUME_DIR}/{PROGRESS_FILE} there (nothing to resume)")
 
 
@@ -521,138 +549,146 @@ def _parse_mesh(text: str) -> tuple[int, int]:
     return data_n, fsdp_n
 
 
-def train(args) -> int:
-    import optax  # noqa: F401  (fail early and clearly if missing)
-    from tqdm.auto import tqdm
+def _keys(seed: int):
+    """(the model's initialisation key, the training key)."""
+    return jr.split(jr.PRNGKey(seed))
 
-    from ._heads import BigBirdForSequenceClassification  # noqa: F401
-    from ._serialization import save
-    from .training import TrainState, make_train_step
 
-    if args.distributed:
-        jax.distributed.initialize()
-    t_start = time.time()
+def _setup(args, t_start) -> tuple[_Record, str, str | None]:
+    """(the record to continue, the output folder, the folder resumed from or None)."""
     if args.resume:
         folder = _resume_folder(args.resume)
         with open(os.path.join(folder, PROGRESS_FILE), encoding="utf-8") as f:
             progress = json.load(f)
-        run = progress["run"]
-        out = args.out or args.resume
+        run, out = progress["run"], args.out or args.resume
+        history, evals, elapsed = progress["history"], progress["evals"], progress["elapsed"]
     else:
-        progress = None
-        run = _resolve(args)
+        folder, run = None, _resolve(args)
         out = args.out or os.path.join("runs", datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
+        history, evals, elapsed = [], [], 0.0
     os.makedirs(out, exist_ok=True)
-    log = tqdm.write
+    return _Record(run, _keys(run["seed"])[1], history, evals, elapsed, t_start), out, folder
 
+
+def _load_data(run, log) -> _Data:
     tokenizer = _tokenizer(run)
     t0 = time.time()
     data = _user_data(run, tokenizer) if run["data"] else _listops(run, tokenizer)
     log(f"data: {data.description}: {len(data.train)} train / {len(data.val)} val / "
         f"{len(data.test)} test, padded to {data.train.ids.shape[1]} tokens "
         f"({time.time() - t0:.1f}s)")
-    counts = np.bincount(data.train.labels, minlength=len(data.label_names))
-    majority = int(counts.argmax())
-    baseline = float((data.test.labels == majority).mean())
+    return data
 
-    base_key = jr.PRNGKey(run["seed"])
-    k_init, k_train = jr.split(base_key)
-    optimizer = _optimizer(run)
-    if progress is not None:
-        state = _load_resume(folder, optimizer)
-        history, evals = progress["history"], progress["evals"]
-        elapsed_before = progress["elapsed"]
-        log(f"resuming {folder} at step {int(state.step)} of {run['steps']}")
+
+def _initial_state(run, data, optimizer, resumed, log) -> tuple[TrainState, int]:
+    """The train state to start from (fresh, or the resumed one) and its parameter count."""
+    if resumed is not None:
+        state = _load_resume(resumed, optimizer)
+        log(f"resuming {resumed} at step {int(state.step)} of {run['steps']}")
     else:
-        model = _build_model(run, data, k_init)
-        state = TrainState.create(model, optimizer)
-        history, evals, elapsed_before = [], [], 0.0
-    model = state.model
-    n_params = sum(x.size for x in jax.tree_util.tree_leaves(eqx.filter(model, eqx.is_array)))
-    c = model.config
+        state = TrainState.create(_build_model(run, data, _keys(run["seed"])[0]), optimizer)
+    n_params = sum(x.size for x in jax.tree_util.tree_leaves(eqx.filter(state.model, eqx.is_array)))
+    c = state.model.config
     log(f"model: BigBirdForSequenceClassification, hidden {c.hidden_size}, {c.num_hidden_layers} "
         f"layers, {c.num_attention_heads} heads, {c.attention_type} (block {c.block_size}, "
         f"{c.num_random_blocks} random), {n_params / 1e6:.2f}M parameters")
-    log(f"majority class {data.label_names[majority]!r}: {baseline:.1%} of the test split")
+    return state, n_params
 
-    if args.mesh or args.fsdp != "none":
-        from . import sharding
 
-        data_n, fsdp_n = _parse_mesh(args.mesh) if args.mesh else (None, 1)
-        mesh = sharding.make_mesh(data=data_n, fsdp=fsdp_n)
-        fsdp = {"none": False, "all": True, "fsdp": "fsdp"}[args.fsdp]
-        state = sharding.shard_state(state, mesh, fsdp=fsdp)
-        step_fn = sharding.make_sharded_train_step(_loss, optimizer, state, mesh, fsdp=fsdp)
-        place = functools.partial(sharding.shard_batch, mesh=mesh)
-        log(f"mesh: {dict(mesh.shape)}, parameters {args.fsdp if fsdp else 'replicated'}")
-    else:
-        step_fn = make_train_step(_loss, optimizer)
-        place = lambda batch: batch  # noqa: E731
-    start = int(state.step)
-    total, bs = run["steps"], run["batch_size"]
+def _step_function(args, state, optimizer, log):
+    """(the state placed on its devices, the train step, the batch placement)."""
+    if not (args.mesh or args.fsdp != "none"):
+        return state, make_train_step(_loss, optimizer), lambda batch: batch
+    data_n, fsdp_n = _parse_mesh(args.mesh) if args.mesh else (None, 1)
+    mesh = sharding.make_mesh(data=data_n, fsdp=fsdp_n)
+    fsdp = {"none": False, "all": True, "fsdp": "fsdp"}[args.fsdp]
+    state = sharding.shard_state(state, mesh, fsdp=fsdp)
+    step_fn = sharding.make_sharded_train_step(_loss, optimizer, state, mesh, fsdp=fsdp)
+    log(f"mesh: {dict(mesh.shape)}, parameters {args.fsdp if fsdp else 'replicated'}")
+    return state, step_fn, functools.partial(sharding.shard_batch, mesh=mesh)
 
-    def progress_record(state):
-        return {
-            "run": run, "step": int(state.step), "examples_seen": int(state.step) * bs,
-            "rng_key": np.asarray(jax.random.key_data(k_train)).tolist(),
-            "history": history, "evals": evals,
-            "elapsed": elapsed_before + time.time() - t_start,
-        }
 
-    bar = tqdm(total=total, initial=start, disable=args.no_progress, desc="train",
+def _loop(args, state, step_fn, place, data, record, log):
+    """Trains up to the last step or a stop request; (state, whether it stopped early)."""
+    total, bs = record.run["steps"], record.run["batch_size"]
+    bar = tqdm(total=total, initial=int(state.step), disable=args.no_progress, desc="train",
                dynamic_ncols=True)
-    interrupted = False
-    ema = None
+    ema, stopped = None, False
     with _Stop() as stop:
-        for step in range(start, total):
-            idx = _batch_indices(step, bs, len(data.train), run["seed"])
+        for step in range(int(state.step), total):
+            idx = _batch_indices(step, bs, len(data.train), record.run["seed"])
             batch = place({
                 "ids": jnp.asarray(data.train.ids[idx]),
                 "mask": jnp.asarray(data.train.mask[idx]),
                 "labels": jnp.asarray(data.train.labels[idx]),
             })
             t = time.time()
-            state, metrics = step_fn(state, batch, jr.fold_in(k_train, step))
+            state, metrics = step_fn(state, batch, jr.fold_in(record.key, step))
             loss = float(metrics["loss"])
             dt = time.time() - t
-            history.append({"step": step + 1, "loss": loss})
+            record.history.append({"step": step + 1, "loss": loss})
             ema = loss if ema is None else 0.95 * ema + 0.05 * loss
             bar.update(1)
             bar.set_postfix(loss=f"{ema:.3f}", tok_s=f"{int(data.train.mask[idx].sum() / dt)}")
-            if (step + 1) % run["eval_every"] == 0 and step + 1 < total:
-                acc, vloss = _evaluate(state.model, data.val, bs)
-                evals.append({"step": step + 1, "accuracy": acc, "loss": vloss})
+            if (step + 1) % record.run["eval_every"] == 0 and step + 1 < total:
+                acc, vloss = record.validate(state.model, data.val, step + 1)
                 log(f"step {step + 1}: val accuracy {acc:.1%}, val loss {vloss:.3f}")
             if args.stop_after is not None and step + 1 >= args.stop_after:
                 stop.requested = True
             if stop.requested and step + 1 < total:
-                interrupted = True
+                stopped = True
                 break
     bar.close()
-    if interrupted:
-        folder = _save_resume(out, state, progress_record(state))
+    return state, stopped
+
+
+def _final_metrics(state, data, record, n_params) -> dict:
+    """Validation and test results of the trained model, with the run that made it."""
+    run = record.run
+    val_acc, _ = record.validate(state.model, data.val, run["steps"])
+    test_acc, test_loss = _evaluate(state.model, data.test, run["batch_size"])
+    majority, baseline = data.majority()
+    return {
+        "run": run, "data": data.description, "parameters": int(n_params),
+        "test_accuracy": test_acc, "test_loss": test_loss, "val_accuracy": val_acc,
+        "majority_class": majority, "majority_baseline": baseline,
+        "steps": run["steps"], "seconds": record.elapsed(), "history": record.history,
+        "evals": record.evals,
+    }
+
+
+def _write_outputs(out, state, metrics) -> None:
+    """The model, metrics and plot; the resume folder they supersede goes."""
+    model_file = save(os.path.join(out, MODEL_FILE), eqx.nn.inference_mode(state.model))
+    metrics_file = os.path.join(out, METRICS_FILE)
+    atomic_write_text(metrics_file, json.dumps(metrics, indent=1))
+    plot = _plot(os.path.join(out, PLOT_FILE), metrics["history"], metrics["evals"],
+                 metrics["test_accuracy"], metrics["majority_baseline"])
+    shutil.rmtree(os.path.join(out, RESUME_DIR), ignore_errors=True)
+    print(f"test accuracy {metrics['test_accuracy']:.1%} (majority baseline "
+          f"{metrics['majority_baseline']:.1%}) after {metrics['steps']} steps, "
+          f"{metrics['seconds'] / 60:.1f} min")
+    written = [model_file, metrics_file] + ([plot] if plot else [])
+    print("wrote " + ", ".join(written))
+
+
+def train(args) -> int:
+    """Runs `eqx-bigbird train`; 0 when done, 130 when stopped early (OUT/resume saved)."""
+    if args.distributed:
+        jax.distributed.initialize()
+    record, out, resumed = _setup(args, time.time())
+    log = tqdm.write
+    data = _load_data(record.run, log)
+    optimizer = _optimizer(record.run)
+    state, n_params = _initial_state(record.run, data, optimizer, resumed, log)
+    majority, baseline = data.majority()
+    log(f"majority class {majority!r}: {baseline:.1%} of the test split")
+    state, step_fn, place = _step_function(args, state, optimizer, log)
+    state, stopped = _loop(args, state, step_fn, place, data, record, log)
+    if stopped:
+        folder = _save_resume(out, state, record.progress(state))
         log(f"interrupted at step {int(state.step)}: saved {folder}; continue with "
             f"`eqx-bigbird train --resume {out}`")
         return 130
-
-    acc, vloss = _evaluate(state.model, data.val, bs)
-    evals.append({"step": total, "accuracy": acc, "loss": vloss})
-    test_acc, test_loss = _evaluate(state.model, data.test, bs)
-    elapsed = elapsed_before + time.time() - t_start
-    model_file = save(os.path.join(out, MODEL_FILE), eqx.nn.inference_mode(state.model))
-    metrics = {
-        "run": run, "data": data.description, "parameters": int(n_params),
-        "test_accuracy": test_acc, "test_loss": test_loss, "val_accuracy": acc,
-        "majority_class": data.label_names[majority], "majority_baseline": baseline,
-        "steps": total, "seconds": elapsed, "history": history, "evals": evals,
-    }
-    from ._io import atomic_write_text
-
-    atomic_write_text(os.path.join(out, "metrics.json"), json.dumps(metrics, indent=1))
-    plot = _plot(os.path.join(out, "training.png"), history, evals, test_acc, baseline)
-    shutil.rmtree(os.path.join(out, RESUME_DIR), ignore_errors=True)  # superseded
-    print(f"test accuracy {test_acc:.1%} (majority baseline {baseline:.1%}) after {total} steps, "
-          f"{elapsed / 60:.1f} min")
-    written = [model_file, os.path.join(out, "metrics.json")] + ([plot] if plot else [])
-    print("wrote " + ", ".join(written))
+    _write_outputs(out, state, _final_metrics(state, data, record, n_params))
     return 0

@@ -1,8 +1,17 @@
 """`eqx-bigbird fill-mask` and `eqx-bigbird embed`: inference from a checkpoint (ours, or an HF
 directory) with its tokenizer."""
 
-import argparse
 import os
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .. import BigBirdForMaskedLM, BigBirdForPreTraining, BigBirdModel, Tokenizer, load
+from .._io import atomic_writer
+from .._serialization import checkpoint_file
+from .args import add_checkpoint, add_command, add_tokenizer, encoder_of, require_positive
 
 FILL_MASK_EXAMPLES = """\
 examples:
@@ -18,54 +27,47 @@ examples:
 """
 
 
-def add_fill_mask(sub):
-    p = sub.add_parser(
-        "fill-mask",
+def add_fill_mask(sub) -> None:
+    p = add_command(
+        sub, "fill-mask", fill_mask,
         help="the top-k tokens (with probabilities) for each mask token in a text",
         description="Runs a masked-LM checkpoint (BigBirdForMaskedLM or BigBirdForPreTraining; "
         "an HF directory or our format) on TEXT and prints, for every mask token, the k most "
         "probable tokens.",
-        epilog=FILL_MASK_EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        examples=FILL_MASK_EXAMPLES,
     )
-    p.add_argument("checkpoint", help="HF directory, or our .safetensors file (then --tokenizer)")
+    add_checkpoint(p)
     p.add_argument("text", help="text with one or more mask tokens (e.g. [MASK])")
-    p.add_argument("--tokenizer", metavar="DIR", help="tokenizer folder (default: CHECKPOINT's)")
+    add_tokenizer(p)
     p.add_argument("-k", "--top-k", type=int, default=5, help="tokens per mask (default 5)")
-    p.set_defaults(func=fill_mask)
 
 
-def add_embed(sub):
-    p = sub.add_parser(
-        "embed",
+def add_embed(sub) -> None:
+    p = add_command(
+        sub, "embed", embed,
         help="mean-pooled embeddings of long documents, saved as .npy",
         description="Encodes each FILE (UTF-8 text, truncated to --max-length tokens) with the "
         "checkpoint's encoder and writes the mean of its final hidden states over real tokens: "
         "a float32 array of shape (files, hidden), rows in the order given.",
-        epilog=EMBED_EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        examples=EMBED_EXAMPLES,
     )
-    p.add_argument("checkpoint", help="HF directory, or our .safetensors file (then --tokenizer)")
+    add_checkpoint(p)
     p.add_argument("files", nargs="+", metavar="FILE", help="text files, one document each")
     p.add_argument("--out", required=True, help="output .npy file")
-    p.add_argument("--tokenizer", metavar="DIR", help="tokenizer folder (default: CHECKPOINT's)")
+    add_tokenizer(p)
     p.add_argument("--max-length", type=int,
                    help="most tokens per document (default: the model's max_position_embeddings)")
     p.add_argument("--normalize", action="store_true", help="scale each embedding to unit length")
-    p.set_defaults(func=embed)
 
 
 def _is_ours(path) -> bool:
-    from ._serialization import checkpoint_file
-
+    """Our checkpoint file, or a folder holding one that is not also an HF directory."""
     return os.path.isfile(checkpoint_file(path)) and (
         not os.path.isdir(path) or not os.path.exists(os.path.join(path, "config.json"))
     )
 
 
 def _tokenizer(args):
-    from ._tokenizer import Tokenizer
-
     folder = args.tokenizer
     if folder is None:
         folder = args.checkpoint if os.path.isdir(args.checkpoint) else None
@@ -80,27 +82,29 @@ def _tokenizer(args):
 
 
 def _load_mlm(path):
-    from ._heads import BigBirdForMaskedLM, BigBirdForPreTraining
-    from ._serialization import load
+    if not _is_ours(path):
+        return BigBirdForMaskedLM.from_pretrained(path)
+    model = load(path)
+    if not isinstance(model, (BigBirdForMaskedLM, BigBirdForPreTraining)):
+        raise ValueError(
+            f"{path} holds a {type(model).__name__}, which has no masked-LM head "
+            "(need BigBirdForMaskedLM or BigBirdForPreTraining)"
+        )
+    return model
 
-    if _is_ours(path):
-        model = load(path)
-        if not isinstance(model, (BigBirdForMaskedLM, BigBirdForPreTraining)):
-            raise ValueError(
-                f"{path} holds a {type(model).__name__}, which has no masked-LM head "
-                "(need BigBirdForMaskedLM or BigBirdForPreTraining)"
-            )
-        return model
-    return BigBirdForMaskedLM.from_pretrained(path)
+
+def _load_encoder(path):
+    if not _is_ours(path):
+        return BigBirdModel.from_pretrained(path, add_pooling_layer=False)
+    model = load(path)
+    encoder = encoder_of(model)
+    if encoder is None:
+        raise ValueError(f"{path} holds a {type(model).__name__}, which has no BigBird encoder")
+    return encoder
 
 
 def fill_mask(args) -> int:
-    import jax
-    import jax.numpy as jnp
-    import numpy as np
-
-    if args.top_k < 1:
-        raise ValueError(f"--top-k must be >= 1, got {args.top_k}")
+    require_positive("--top-k", args.top_k)
     tokenizer = _tokenizer(args)
     model = _load_mlm(args.checkpoint)
     mask_id = tokenizer.mask_token_id
@@ -132,49 +136,18 @@ def fill_mask(args) -> int:
     return 0
 
 
-def _load_encoder(path):
-    from ._modules import BigBirdModel
-    from ._serialization import load
-
-    if _is_ours(path):
-        model = load(path)
-        encoder = model if isinstance(model, BigBirdModel) else getattr(model, "bert", None)
-        if encoder is None:
-            raise ValueError(f"{path} holds a {type(model).__name__}, which has no BigBird encoder")
-        return encoder
-    return BigBirdModel.from_pretrained(path, add_pooling_layer=False)
+@eqx.filter_jit
+def _mean_pool(model, ids, mask):
+    h = model(ids, mask, inference=True).last_hidden_state
+    m = mask.astype(h.dtype)[:, None]
+    return (h * m).sum(0) / jnp.maximum(m.sum(), 1.0)
 
 
-def embed(args) -> int:
-    import equinox as eqx
-    import jax.numpy as jnp
-    import numpy as np
-
-    from ._io import atomic_writer
-
-    tokenizer = _tokenizer(args)
-    encoder = _load_encoder(args.checkpoint)
-    config = encoder.config
-    max_length = args.max_length or config.max_position_embeddings
-    if not 1 <= max_length <= config.max_position_embeddings:
-        raise ValueError(
-            f"--max-length {max_length} must lie in [1, {config.max_position_embeddings}] "
-            "(the model's max_position_embeddings)"
-        )
-    texts = []
-    for file in args.files:
-        with open(file, encoding="utf-8") as f:
-            texts.append(f.read())
-
-    @eqx.filter_jit
-    def mean_pool(model, ids, mask):
-        h = model(ids, mask, inference=True).last_hidden_state
-        m = mask.astype(h.dtype)[:, None]
-        return (h * m).sum(0) / jnp.maximum(m.sum(), 1.0)
-
+def _embed_texts(encoder, tokenizer, texts, max_length) -> tuple[np.ndarray, int]:
+    """(float32 embeddings, one row a text; how many texts were truncated)."""
     # Pad only to a multiple of block_size, as the model itself would: more padding would move
     # the last (global) block onto padding and change the block-sparse result.
-    bucket = config.block_size
+    bucket = encoder.config.block_size
     rows, truncated = [], 0
     for text in texts:
         enc = tokenizer.encode(text, max_length=max_length)
@@ -184,8 +157,25 @@ def embed(args) -> int:
         ids = np.full(length, tokenizer.pad_token_id or 0, np.int32)
         mask = np.zeros(length, np.int32)
         ids[:n], mask[:n] = enc.input_ids, 1
-        rows.append(np.asarray(mean_pool(encoder, jnp.asarray(ids), jnp.asarray(mask))))
-    out = np.stack(rows).astype(np.float32)
+        rows.append(np.asarray(_mean_pool(encoder, jnp.asarray(ids), jnp.asarray(mask))))
+    return np.stack(rows).astype(np.float32), truncated
+
+
+def embed(args) -> int:
+    tokenizer = _tokenizer(args)
+    encoder = _load_encoder(args.checkpoint)
+    most = encoder.config.max_position_embeddings
+    max_length = args.max_length or most
+    if not 1 <= max_length <= most:
+        raise ValueError(
+            f"--max-length {max_length} must lie in [1, {most}] (the model's "
+            "max_position_embeddings)"
+        )
+    texts = []
+    for file in args.files:
+        with open(file, encoding="utf-8") as f:
+            texts.append(f.read())
+    out, truncated = _embed_texts(encoder, tokenizer, texts, max_length)
     if args.normalize:
         out = out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)

@@ -1,16 +1,17 @@
-"""The `eqx-bigbird` command line: one subcommand per task (`convert` now; train, bench,
-fill-mask and embed plug in through `SUBCOMMANDS`). Errors print one readable line, no traceback."""
+"""`eqx-bigbird convert`: an HF checkpoint to our format (or a BERT/RoBERTa one as a warm start),
+and back with --to-hf."""
 
-import argparse
 import json
 import os
-import sys
 
-from ._checkpoint import CheckpointError
+from .. import from_bert, load, save, save_pretrained
+from .._hf_read import find_weights_file
+from .._serialization import model_classes
+from .args import add_command
 
 PROGRESS_BYTES = 64 * 2**20  # show a progress bar for checkpoints larger than this
 
-CONVERT_EXAMPLES = """\
+EXAMPLES = """\
 examples:
   eqx-bigbird convert hf/bigbird-roberta-base model.eqx.safetensors     # HF dir -> ours
   eqx-bigbird convert hf/flax_model.msgpack out/ --dtype float32        # cast bf16 to f32
@@ -21,15 +22,14 @@ examples:
 """
 
 
-def _add_convert(sub):
-    p = sub.add_parser(
-        "convert",
+def add_parser(sub) -> None:
+    p = add_command(
+        sub, "convert", convert,
         help="convert an HF checkpoint to an eqx-bigbird checkpoint (or back with --to-hf)",
         description="Converts a local HF BigBird checkpoint (directory, model.safetensors, sharded "
         "index, flax_model.msgpack, or pytorch_model.bin when torch is installed) into one "
         "eqx-bigbird file, and prints what was used.",
-        epilog=CONVERT_EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        examples=EXAMPLES,
     )
     p.add_argument("src", help="HF directory or weights file (ours, with --to-hf)")
     p.add_argument("dst", help="output file, or directory (then DST/eqx_bigbird.safetensors)")
@@ -49,6 +49,17 @@ def _add_convert(sub):
         action="store_true",
         help="initialise weights the checkpoint lacks instead of failing",
     )
+    _add_from_bert_flags(p)
+    p.add_argument(
+        "--to-hf",
+        action="store_true",
+        help="SRC is an eqx-bigbird file: write an HF directory to DST",
+    )
+    p.add_argument("--flax", action="store_true", help="with --to-hf: also flax_model.msgpack")
+    p.add_argument("-q", "--quiet", action="store_true", help="no summary, no progress bar")
+
+
+def _add_from_bert_flags(p) -> None:
     p.add_argument(
         "--from-bert", action="store_true", help="SRC is a BERT/RoBERTa checkpoint: warm start"
     )
@@ -61,46 +72,11 @@ def _add_convert(sub):
     )
     p.add_argument("--block-size", type=int, default=64, help="with --from-bert")
     p.add_argument("--num-random-blocks", type=int, default=3, help="with --from-bert")
-    p.add_argument(
-        "--to-hf",
-        action="store_true",
-        help="SRC is an eqx-bigbird file: write an HF directory to DST",
-    )
-    p.add_argument("--flax", action="store_true", help="with --to-hf: also flax_model.msgpack")
-    p.add_argument("-q", "--quiet", action="store_true", help="no summary, no progress bar")
-    p.set_defaults(func=convert)
 
 
-def _add_train(sub):
-    from ._train_cli import add_parser
-
-    add_parser(sub)
-
-
-def _add_fill_mask(sub):
-    from ._tools_cli import add_fill_mask
-
-    add_fill_mask(sub)
-
-
-def _add_embed(sub):
-    from ._tools_cli import add_embed
-
-    add_embed(sub)
-
-
-# name -> function adding the subparser; later subcommands append themselves here.
-SUBCOMMANDS = {
-    "convert": _add_convert,
-    "train": _add_train,
-    "fill-mask": _add_fill_mask,
-    "embed": _add_embed,
-}
-
-
-def _hf_class(src: str, requested: str | None):
-    from ._serialization import model_classes
-
+def _model_class(src: str, requested: str | None):
+    """--model-class, else the first class of config.json's `architectures` we have, else
+    BigBirdModel."""
     classes = model_classes()
     if requested is not None:
         if requested not in classes:
@@ -118,27 +94,25 @@ def _hf_class(src: str, requested: str | None):
     return classes["BigBirdModel"]
 
 
-def convert(args) -> int:
-    from ._bert import from_bert
-    from ._checkpoint import find_weights_file, from_pretrained
-    from ._export import save_pretrained
-    from ._serialization import load, save
+def _weights_bytes(src: str) -> int:
+    """The size of the weight files in the folder of SRC's weights (all shards of an index)."""
+    folder = os.path.dirname(find_weights_file(src))
+    return sum(
+        os.path.getsize(os.path.join(folder, f))
+        for f in os.listdir(folder or ".")
+        if f.endswith((".safetensors", ".msgpack", ".bin"))
+    )
 
+
+def convert(args) -> int:
     log = (lambda *a: None) if args.quiet else print  # noqa: E731
     if args.to_hf:
         model = load(args.src)
         save_pretrained(model, args.dst, flax=args.flax)
         log(f"wrote {type(model).__name__} as an HF checkpoint to {args.dst}")
         return 0
-    weights = find_weights_file(args.src)
-    size = sum(
-        os.path.getsize(os.path.join(os.path.dirname(weights), f))
-        for f in os.listdir(os.path.dirname(weights) or ".")
-        if f.endswith((".safetensors", ".msgpack", ".bin"))
-    )
-    progress = not args.quiet and size > PROGRESS_BYTES
-    cls = _hf_class(args.src, args.model_class)
-    dtype = args.dtype  # "keep" or a floating dtype name
+    progress = not args.quiet and _weights_bytes(args.src) > PROGRESS_BYTES
+    cls = _model_class(args.src, args.model_class)
     if args.from_bert:
         model, report = from_bert(
             args.src,
@@ -147,15 +121,14 @@ def convert(args) -> int:
             attention_type=args.attention_type,
             block_size=args.block_size,
             num_random_blocks=args.num_random_blocks,
-            dtype=dtype,
+            dtype=args.dtype,
             return_report=True,
         )
     else:
-        model, report = from_pretrained(
-            cls,
+        model, report = cls.from_pretrained(
             args.src,
             allow_init=args.allow_init,
-            dtype=dtype,
+            dtype=args.dtype,
             progress=progress,
             return_report=True,
         )
@@ -163,35 +136,3 @@ def convert(args) -> int:
     log(report.summary())
     log(f"wrote {file}")
     return 0
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="eqx-bigbird",
-        description="BigBird in JAX + Equinox: checkpoint conversion and tools.",
-        epilog="run `eqx-bigbird COMMAND --help` for a command's options and examples.\n\n"
-        + CONVERT_EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for add in SUBCOMMANDS.values():
-        add(sub)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the `eqx-bigbird` console script; returns the exit status."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except (CheckpointError, ValueError, TypeError, OSError) as e:
-        print(f"eqx-bigbird {args.command}: error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"eqx-bigbird {args.command}: interrupted", file=sys.stderr)
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,43 @@
+"""The `eqx-bigbird` parser, one sub-command a module, and the dispatch: an error prints one
+readable line, no traceback."""
+
+import argparse
+import sys
+
+from .. import CheckpointError
+from . import convert, tools, train
+
+# name -> function adding its sub-parser, in the order `--help` lists them.
+SUBCOMMANDS = {
+    "convert": convert.add_parser,
+    "train": train.add_parser,
+    "fill-mask": tools.add_fill_mask,
+    "embed": tools.add_embed,
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="eqx-bigbird",
+        description="BigBird in JAX + Equinox: checkpoint conversion and tools.",
+        epilog="run `eqx-bigbird COMMAND --help` for a command's options and examples.\n\n"
+        + convert.EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for add in SUBCOMMANDS.values():
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `eqx-bigbird` console script; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (CheckpointError, ValueError, TypeError, OSError) as e:
+        print(f"eqx-bigbird {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"eqx-bigbird {args.command}: interrupted", file=sys.stderr)
+        return 130
