@@ -28,12 +28,13 @@ QUICK = dict(
     vocab_size=1000, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
     intermediate_size=128, block_size=16, num_random_blocks=2, max_position_embeddings=1024,
 )
+OURS = ("ours", "baseline")  # both run eqx-bigbird; "baseline" from another source tree
 FULL_ATTENTION_MAX = 8192  # dense n^2 scores beyond this do not fit the 24 GB machine
 
 
 @dataclasses.dataclass
 class Job:
-    impl: str  # "ours" | "hf"
+    impl: str  # "ours" | "hf" | "baseline" (ours, imported from --baseline-src)
     mode: str  # "forward" | "train"
     attention: str  # "block_sparse" | "original_full"
     length: int
@@ -99,7 +100,7 @@ def _forward_fn(job, cfg, checkpoint):
 
     ids = jnp.asarray(_inputs(cfg, job.length))
     overrides = {"attention_type": job.attention}
-    if job.impl == "ours":
+    if job.impl in OURS:
         import equinox as eqx
         import jax.random as jr
 
@@ -141,7 +142,7 @@ def _train_fn(job, cfg, checkpoint):
     rng = np.random.default_rng(1)
     positions = np.sort(rng.choice(n, size=max(1, round(0.15 * n)), replace=False)).astype(np.int32)
     overrides = {"attention_type": job.attention}
-    if job.impl == "ours":
+    if job.impl in OURS:
         import equinox as eqx
 
         import eqx_bigbird as eb
@@ -281,12 +282,18 @@ def _make_checkpoint(cfg: dict, folder: str) -> str | None:
     return folder
 
 
-def _run_child(job, cfg, checkpoint, reps, timeout):
+def _run_child(job, cfg, checkpoint, reps, timeout, baseline_src=None):
     cmd = [sys.executable, "-m", "benchmarks.run", "--child", json.dumps(
         dict(job=dataclasses.asdict(job), cfg=cfg, checkpoint=checkpoint, reps=reps)
     )]
+    env = dict(os.environ)
+    if job.impl == "baseline":
+        # Imported ahead of the installed package: the same harness times another version.
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [baseline_src, env.get("PYTHONPATH")]))
     try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+        out = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=timeout, check=False, env=env
+        )
     except subprocess.TimeoutExpired:
         return dict(error=f"timed out after {timeout} s")
     if out.returncode < 0:  # killed by a signal: SIGKILL here is almost always the OOM killer
@@ -319,10 +326,12 @@ def _markdown(rows, rate):
             f"{r['gflops']:.1f} | {100 * r['fraction_of_matmul']:.0f}% | {r['xla_temp_gb']:.2f} | "
             f"{r['step_rss_gb']:.2f} |"
         )
-    ratios = _ratios(rows)
-    if ratios:
-        lines += ["", "| mode | attention | tokens | ours / HF throughput |", "|---|---|---|---|"]
-        lines += [f"| {m} | {a} | {n} | {x:.2f}x |" for (m, a, n), x in sorted(ratios.items())]
+    for other, label in (("hf", "HF"), ("baseline", "baseline")):
+        ratios = _ratios(rows, other)
+        if ratios:
+            lines += ["", f"| mode | attention | tokens | ours / {label} throughput |"]
+            lines += ["|---|---|---|---|"]
+            lines += [f"| {m} | {a} | {n} | {x:.2f}x |" for (m, a, n), x in sorted(ratios.items())]
     lines += [
         "",
         "GFLOP/s use the FLOP model (performance.md section 4) for both implementations; training "
@@ -331,16 +340,17 @@ def _markdown(rows, rate):
     return "\n".join(lines) + "\n"
 
 
-def _ratios(rows):
+def _ratios(rows, other="hf"):
+    """`{(mode, attention, tokens): other's time / ours}`: our throughput relative to `other`."""
     by = {
         (r["impl"], r["mode"], r["attention"], r["length"]): r
         for r in rows
         if "error" not in r and not r.get("remat")
     }
     return {
-        (m, a, n): by[("hf", m, a, n)]["median_s"] / r["median_s"]
+        (m, a, n): by[(other, m, a, n)]["median_s"] / r["median_s"]
         for (impl, m, a, n), r in by.items()
-        if impl == "ours" and ("hf", m, a, n) in by
+        if impl == "ours" and (other, m, a, n) in by
     }
 
 
@@ -383,7 +393,10 @@ def main(argv=None):
     p.add_argument("--out", default="benchmark-results")
     p.add_argument("--lengths", type=int, nargs="*")
     p.add_argument("--attention", nargs="*", default=["block_sparse", "original_full"])
-    p.add_argument("--impls", nargs="*", default=["ours", "hf"])
+    p.add_argument("--impls", nargs="*", default=["ours", "hf"],
+                   help="ours, hf, baseline (needs --baseline-src)")
+    p.add_argument("--baseline-src", help="a source tree (its src/ folder) of another eqx-bigbird "
+                   "version, measured as impl 'baseline' in the same run")
     p.add_argument("--modes", nargs="*", default=["forward", "train"])
     p.add_argument("--train-lengths", type=int, nargs="*")
     p.add_argument(
@@ -417,6 +430,8 @@ def main(argv=None):
     train_lengths = args.train_lengths or ([256] if args.quick else [4096])
     os.makedirs(args.out, exist_ok=True)
     impls = list(args.impls)
+    if "baseline" in impls and not args.baseline_src:
+        p.error("--impls baseline needs --baseline-src DIR")
     with tempfile.TemporaryDirectory() as tmp:
         # The parent stays light (no jax): the rate and the checkpoint come from a subprocess,
         # so nothing it holds competes with the measured children for memory.
@@ -443,12 +458,12 @@ def main(argv=None):
             remats = [None if r in (None, "none") else r for r in args.remat]
             for n in train_lengths:
                 for impl in impls:
-                    for remat in remats if impl == "ours" else [None]:
+                    for remat in remats if impl in OURS else [None]:
                         jobs.append(Job(impl, "train", "block_sparse", n, remat))
         rows = []
         for i, job in enumerate(jobs, 1):
             print(f"[{i}/{len(jobs)}] {job}", flush=True)
-            result = _run_child(job, cfg, checkpoint, reps, args.timeout)
+            result = _run_child(job, cfg, checkpoint, reps, args.timeout, args.baseline_src)
             row = {**dataclasses.asdict(job), **result}
             if "error" not in row:
                 flops = (
@@ -461,7 +476,10 @@ def main(argv=None):
             print("   ", {k: v for k, v in row.items() if k != "times_s"}, flush=True)
             rows.append(row)
     summary = dict(config=cfg, matmul_flops_per_s=rate, rows=rows,
-                   ratios={"/".join(map(str, k)): v for k, v in _ratios(rows).items()})
+                   ratios={"/".join(map(str, k)): v for k, v in _ratios(rows).items()},
+                   ratios_to_baseline={
+                       "/".join(map(str, k)): v for k, v in _ratios(rows, "baseline").items()
+                   })
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump(summary, f, indent=2)
     with open(os.path.join(args.out, "results.md"), "w") as f:

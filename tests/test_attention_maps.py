@@ -139,3 +139,29 @@ def test_model_blocked_attentions_densify_to_the_dense_maps():
         np.testing.assert_allclose(
             eb.sparse_attention.densify(one)[:, mask], dense[layer][:, mask], atol=1e-6
         )
+
+
+def test_blocked_attentions_are_unpadded_like_every_other_output():
+    """A length that is not a multiple of `block_size` runs padded; the blocked probabilities
+    carry the caller's length, so `densify` gives `(heads, seq, seq)` maps equal to
+    `output_attentions=True`'s, as every other output is un-padded."""
+    import equinox as eqx
+
+    import eqx_bigbird as eb
+
+    config = eb.BigBirdConfig(
+        vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=24, max_position_embeddings=128, block_size=4, num_random_blocks=1,
+    )
+    model = eqx.nn.inference_mode(eb.BigBirdModel(config, key=jr.PRNGKey(0)))
+    seq = 46
+    assert model.padded_length(seq) == 48
+    ids = jr.randint(jr.PRNGKey(1), (seq,), 0, 50)
+    mask = jnp.arange(seq) < 43
+    dense = model(ids, mask, output_attentions=True).attentions
+    blocked = model(ids, mask, output_attentions="blocked").attentions
+    assert dense.shape == (2, 2, seq, seq)
+    for layer in range(2):
+        one = sa.densify(jax.tree_util.tree_map(lambda a: a[layer], blocked))
+        assert one.shape == (2, seq, seq)
+        np.testing.assert_allclose(one, dense[layer], atol=1e-6)

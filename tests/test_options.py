@@ -30,7 +30,7 @@ def loss_and_grads(model, key):
 def test_gradient_checkpointing_changes_nothing_but_memory(policy):
     model = eb.BigBirdModel(CONFIG, key=jr.PRNGKey(1))
     remat = eb.with_options(model, gradient_checkpointing=policy)
-    assert remat.encoder.gradient_checkpointing == policy
+    assert remat.options.gradient_checkpointing == policy
     assert remat.encoder.layers is model.encoder.layers  # weights shared, not copied
     (l1, g1), (l2, g2) = loss_and_grads(model, jr.PRNGKey(2)), loss_and_grads(remat, jr.PRNGKey(2))
     np.testing.assert_allclose(l1, l2, rtol=1e-6)
@@ -77,12 +77,30 @@ def test_fixed_random_attention_is_the_papers_plan():
 def test_options_reach_the_encoder_inside_a_head():
     head = eb.BigBirdForMaskedLM(CONFIG, key=jr.PRNGKey(0))
     changed = eb.with_options(head, gradient_checkpointing="full", scan_layers=False)
-    assert changed.bert.encoder.gradient_checkpointing == "full"
-    assert not changed.bert.encoder.scan_layers
+    assert changed.bert.options.gradient_checkpointing == "full"
+    assert not changed.bert.options.scan_layers
     ids = IDS
     a = eqx.nn.inference_mode(head)(ids).logits
     b = eqx.nn.inference_mode(changed)(ids).logits
     np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+@pytest.mark.parametrize("head", ["PreTraining", "MaskedLM", "SequenceClassification", "MultipleChoice", "TokenClassification", "QuestionAnswering"])
+def test_compute_dtype_reaches_every_head_module(head):
+    """`with_options(head, compute_dtype="bfloat16")` runs the head's own modules (LM prediction
+    head, classifiers, QA head, pooler) in bfloat16 too: under this suite's strict promotion a
+    float32 head on bfloat16 states would raise, and the logits come out in bfloat16."""
+    model = getattr(eb, f"BigBirdFor{head}")(CONFIG, key=jr.PRNGKey(0))
+    half = eqx.nn.inference_mode(eb.with_options(model, compute_dtype="bfloat16"))
+    ids = jnp.stack([IDS, IDS]) if head == "MultipleChoice" else IDS
+    out = half(ids)
+    logits = [v for k, v in vars(out).items() if k.endswith("logits")]
+    assert logits and all(x.dtype == jnp.bfloat16 for x in logits), [x.dtype for x in logits]
+    ref = eqx.nn.inference_mode(model)(ids)
+    for k, v in vars(ref).items():
+        if k.endswith("logits"):
+            err = float(jnp.abs(getattr(out, k).astype(jnp.float32) - v).max())
+            assert err < 0.1 * (1 + float(jnp.abs(v).max())), (k, err)
 
 
 def test_type_checker_messages():

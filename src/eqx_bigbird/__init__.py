@@ -1,67 +1,132 @@
 """eqx-bigbird: BigBird (block-sparse attention for long sequences) in JAX + Equinox."""
 
-from . import data as data
-from . import sparse_attention as sparse_attention
-from ._checkpoint import CheckpointError as CheckpointError
-from ._checkpoint import LoadReport as LoadReport
-from ._checkpoint import read_hf_weights as read_hf_weights
-from ._config import BigBirdConfig as BigBirdConfig
-from ._modules import AbstractSelfAttention as AbstractSelfAttention
-from ._modules import BigBirdEmbeddings as BigBirdEmbeddings
-from ._modules import BigBirdEncoder as BigBirdEncoder
-from ._modules import BigBirdLayer as BigBirdLayer
-from ._modules import BigBirdModel as BigBirdModel
-from ._modules import BigBirdModelOutput as BigBirdModelOutput
-from ._modules import BlockSparseSelfAttention as BlockSparseSelfAttention
-from ._modules import FullSelfAttention as FullSelfAttention
-from ._tokenizer import BatchEncoding as BatchEncoding
-from ._tokenizer import Encoding as Encoding
-from ._tokenizer import Tokenizer as Tokenizer
-from ._tokenizer import char_span_to_token_span as char_span_to_token_span
-from ._tokenizer import token_span_to_text as token_span_to_text
+from . import data, plotting, sharding, sparse_attention, training
+from ._attention import AbstractAttention, AttentionOutput, BlockSparseAttention, FullAttention
+from ._bert import from_bert
+from ._config import BigBirdConfig
+from ._export import save_pretrained
+from ._generate import generate, init_cache
+from ._heads import (
+    BigBirdForCausalLM,
+    BigBirdForMaskedLM,
+    BigBirdForMultipleChoice,
+    BigBirdForPreTraining,
+    BigBirdForPreTrainingOutput,
+    BigBirdForQuestionAnswering,
+    BigBirdForQuestionAnsweringModelOutput,
+    BigBirdForSequenceClassification,
+    BigBirdForTokenClassification,
+    CausalLMOutputWithCrossAttentions,
+    MaskedLMOutput,
+    MultipleChoiceModelOutput,
+    SequenceClassifierOutput,
+    TokenClassifierOutput,
+)
+from ._hf_load import LoadReport
+from ._hf_read import CheckpointError, read_hf_weights
+from ._layers import (
+    CHECKPOINT_POLICIES,
+    RANDOM_ATTENTION_MODES,
+    BigBirdEmbeddings,
+    BigBirdEncoder,
+    BigBirdLayer,
+    ExecutionOptions,
+)
+from ._losses import (
+    IGNORE_INDEX,
+    causal_lm_loss,
+    masked_lm_loss,
+    multiple_choice_loss,
+    pretraining_loss,
+    question_answering_loss,
+    sequence_classification_loss,
+    token_classification_loss,
+)
+from ._model import BigBirdModel, BigBirdModelOutput, KVCache, with_options
+from ._serialization import load, save
+from ._tokenizer import BatchEncoding, Encoding, Tokenizer, char_span_to_token_span, token_span_to_text
+from .sharding import (
+    load_sharded,
+    make_mesh,
+    make_sharded_train_step,
+    save_sharded,
+    shard_batch,
+    shard_state,
+    state_shardings,
+)
 
 __version__ = "0.1.0"
-from ._serialization import load as load
-from ._serialization import save as save
-from ._export import save_pretrained as save_pretrained
-from ._bert import from_bert as from_bert
-from ._generate import generate as generate
-from ._generate import init_cache as init_cache
-from ._heads import BigBirdClassificationHead as BigBirdClassificationHead
-from ._heads import BigBirdForCausalLM as BigBirdForCausalLM
-from ._heads import BigBirdForMaskedLM as BigBirdForMaskedLM
-from ._heads import BigBirdForMultipleChoice as BigBirdForMultipleChoice
-from ._heads import BigBirdForPreTraining as BigBirdForPreTraining
-from ._heads import BigBirdForPreTrainingOutput as BigBirdForPreTrainingOutput
-from ._heads import BigBirdForQuestionAnswering as BigBirdForQuestionAnswering
-from ._heads import BigBirdForQuestionAnsweringModelOutput as BigBirdForQuestionAnsweringModelOutput
-from ._heads import BigBirdForSequenceClassification as BigBirdForSequenceClassification
-from ._heads import BigBirdForTokenClassification as BigBirdForTokenClassification
-from ._heads import BigBirdLMPredictionHead as BigBirdLMPredictionHead
-from ._heads import BigBirdQuestionAnsweringHead as BigBirdQuestionAnsweringHead
-from ._heads import CausalLMOutputWithCrossAttentions as CausalLMOutputWithCrossAttentions
-from ._heads import MaskedLMOutput as MaskedLMOutput
-from ._heads import MultipleChoiceModelOutput as MultipleChoiceModelOutput
-from ._heads import SequenceClassifierOutput as SequenceClassifierOutput
-from ._heads import TokenClassifierOutput as TokenClassifierOutput
-from ._losses import IGNORE_INDEX as IGNORE_INDEX
-from ._losses import causal_lm_loss as causal_lm_loss
-from ._losses import masked_lm_loss as masked_lm_loss
-from ._losses import multiple_choice_loss as multiple_choice_loss
-from ._losses import pretraining_loss as pretraining_loss
-from ._losses import question_answering_loss as question_answering_loss
-from ._losses import sequence_classification_loss as sequence_classification_loss
-from ._losses import token_classification_loss as token_classification_loss
-from ._modules import KVCache as KVCache
-from ._modules import CHECKPOINT_POLICIES as CHECKPOINT_POLICIES
-from ._modules import RANDOM_ATTENTION_MODES as RANDOM_ATTENTION_MODES
-from ._modules import with_options as with_options
-from . import sharding as sharding
-from .sharding import load_sharded as load_sharded
-from .sharding import make_mesh as make_mesh
-from .sharding import make_sharded_train_step as make_sharded_train_step
-from .sharding import save_sharded as save_sharded
-from .sharding import shard_batch as shard_batch
-from .sharding import shard_state as shard_state
-from .sharding import state_shardings as state_shardings
-from . import plotting as plotting
+
+__all__ = [
+    # configuration and models
+    "BigBirdConfig",
+    "ExecutionOptions",
+    "with_options",
+    "CHECKPOINT_POLICIES",
+    "RANDOM_ATTENTION_MODES",
+    "BigBirdModel",
+    "BigBirdModelOutput",
+    "BigBirdEmbeddings",
+    "BigBirdLayer",
+    "BigBirdEncoder",
+    "AbstractAttention",
+    "FullAttention",
+    "BlockSparseAttention",
+    "AttentionOutput",
+    # task heads and their outputs
+    "BigBirdForPreTraining",
+    "BigBirdForPreTrainingOutput",
+    "BigBirdForMaskedLM",
+    "MaskedLMOutput",
+    "BigBirdForCausalLM",
+    "CausalLMOutputWithCrossAttentions",
+    "BigBirdForSequenceClassification",
+    "SequenceClassifierOutput",
+    "BigBirdForMultipleChoice",
+    "MultipleChoiceModelOutput",
+    "BigBirdForTokenClassification",
+    "TokenClassifierOutput",
+    "BigBirdForQuestionAnswering",
+    "BigBirdForQuestionAnsweringModelOutput",
+    # decoding
+    "KVCache",
+    "init_cache",
+    "generate",
+    # losses
+    "IGNORE_INDEX",
+    "masked_lm_loss",
+    "causal_lm_loss",
+    "pretraining_loss",
+    "sequence_classification_loss",
+    "multiple_choice_loss",
+    "token_classification_loss",
+    "question_answering_loss",
+    # checkpoints
+    "load",
+    "save",
+    "save_pretrained",
+    "from_bert",
+    "read_hf_weights",
+    "CheckpointError",
+    "LoadReport",
+    # tokenizers
+    "Tokenizer",
+    "Encoding",
+    "BatchEncoding",
+    "char_span_to_token_span",
+    "token_span_to_text",
+    # many devices
+    "make_mesh",
+    "state_shardings",
+    "shard_state",
+    "shard_batch",
+    "make_sharded_train_step",
+    "save_sharded",
+    "load_sharded",
+    # submodules
+    "sparse_attention",
+    "training",
+    "sharding",
+    "plotting",
+    "data",
+]

@@ -88,7 +88,7 @@ def from_bert(
     **Returns:** the model in inference mode (`eqx.nn.inference_mode(model, False)` to train),
     and its `LoadReport` if `return_report`.
     """
-    from ._modules import BigBirdModel
+    from ._model import BigBirdModel
 
     raw, config = _read_bert_config(
         path,

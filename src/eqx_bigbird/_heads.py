@@ -180,6 +180,11 @@ class AbstractHead(eqx.Module):
     bert: BigBirdModel
     inference: bool = eqx.field(default=False, kw_only=True)
 
+    def _init_encoder(self, config, *, key, add_pooling_layer: bool, options: dict):
+        """Builds `bert` (every head's `__init__` calls this first)."""
+        self.bert = BigBirdModel(config, key=key, add_pooling_layer=add_pooling_layer, **options)
+        self.inference = False
+
     @property
     def config(self) -> BigBirdConfig:
         return self.bert.config
@@ -237,7 +242,7 @@ class BigBirdForPreTraining(AbstractHead):
     def __init__(self, config: BigBirdConfig, *, key: PRNGKeyArray, **options):
         """**Arguments:** `config`, `key`, execution options (see `ExecutionOptions`)."""
         kb, kc, ks = jr.split(key, 3)
-        self.bert = BigBirdModel(config, key=kb, add_pooling_layer=True, **options)
+        self._init_encoder(config, key=kb, add_pooling_layer=True, options=options)
         self.cls = BigBirdLMPredictionHead(config, key=kc)
         self.seq_relationship = normal_linear(
             config.hidden_size, 2, std=config.initializer_range, key=ks
@@ -288,7 +293,7 @@ class BigBirdForMaskedLM(AbstractHead):
     def __init__(self, config: BigBirdConfig, *, key: PRNGKeyArray, **options):
         """**Arguments:** `config`, `key`, execution options (see `ExecutionOptions`)."""
         kb, kc = jr.split(key)
-        self.bert = BigBirdModel(config, key=kb, add_pooling_layer=False, **options)
+        self._init_encoder(config, key=kb, add_pooling_layer=False, options=options)
         self.cls = BigBirdLMPredictionHead(config, key=kc)
 
     @one_example()
@@ -348,7 +353,7 @@ class BigBirdForCausalLM(AbstractHead):
     def __init__(self, config: BigBirdConfig, *, key: PRNGKeyArray, **options):
         """**Arguments:** `config`, `key`, execution options (see `ExecutionOptions`)."""
         kb, kc = jr.split(key)
-        self.bert = BigBirdModel(config, key=kb, add_pooling_layer=False, **options)
+        self._init_encoder(config, key=kb, add_pooling_layer=False, options=options)
         self.cls = BigBirdLMPredictionHead(config, key=kc)
 
     @one_example()
@@ -431,7 +436,7 @@ class BigBirdForSequenceClassification(AbstractHead):
         """**Arguments:** `config`, `key`, execution options (see `ExecutionOptions`)."""
         kb, kc = jr.split(key)
         # HF computes (and stores) a pooler here that the classifier never reads.
-        self.bert = BigBirdModel(config, key=kb, add_pooling_layer=True, **options)
+        self._init_encoder(config, key=kb, add_pooling_layer=True, options=options)
         self.classifier = BigBirdClassificationHead(config, key=kc)
 
     @one_example()
@@ -478,7 +483,7 @@ class BigBirdForMultipleChoice(AbstractHead):
     def __init__(self, config: BigBirdConfig, *, key: PRNGKeyArray, **options):
         """**Arguments:** `config`, `key`, execution options (see `ExecutionOptions`)."""
         kb, kc = jr.split(key)
-        self.bert = BigBirdModel(config, key=kb, add_pooling_layer=True, **options)
+        self._init_encoder(config, key=kb, add_pooling_layer=True, options=options)
         self.classifier = normal_linear(config.hidden_size, 1, std=config.initializer_range, key=kc)
         self.dropout = eqx.nn.Dropout(config.hidden_dropout_prob)
 
@@ -533,7 +538,7 @@ class BigBirdForTokenClassification(AbstractHead):
     def __init__(self, config: BigBirdConfig, *, key: PRNGKeyArray, **options):
         """**Arguments:** `config`, `key`, execution options (see `ExecutionOptions`)."""
         kb, kc = jr.split(key)
-        self.bert = BigBirdModel(config, key=kb, add_pooling_layer=False, **options)
+        self._init_encoder(config, key=kb, add_pooling_layer=False, options=options)
         self.classifier = normal_linear(
             config.hidden_size, config.num_labels, std=config.initializer_range, key=kc
         )
@@ -617,7 +622,7 @@ class BigBirdForQuestionAnswering(AbstractHead):
         if config.num_labels != 2:
             config = config.replace(num_labels=2)  # HF forces it as well
         kb, kq = jr.split(key)
-        self.bert = BigBirdModel(config, key=kb, add_pooling_layer=False, **options)
+        self._init_encoder(config, key=kb, add_pooling_layer=False, options=options)
         self.qa_classifier = BigBirdQuestionAnsweringHead(config, key=kq)
 
     @one_example()

@@ -5,7 +5,6 @@ config and a format version, and whose tensors are the model's array leaves name
 skeleton from the header, filled leaf by leaf, and nothing may be left unfilled. Writes are atomic.
 """
 
-import inspect
 import json
 import os
 
@@ -35,32 +34,6 @@ def model_classes() -> dict[str, type]:
     return dict(MODEL_CLASSES)
 
 
-def init_kwargs(model) -> dict:
-    """The constructor keywords that rebuild `model`'s structure (not its weights).
-
-    A class may define `init_kwargs(self) -> dict`; otherwise `scan_layers` is read from its
-    `BigBirdEncoder` and `add_pooling_layer` from whether its encoder model (`model` or
-    `model.bert`) has a pooler, for whichever of them its constructor accepts.
-    """
-    from ._modules import BigBirdEncoder
-
-    if hasattr(model, "init_kwargs"):
-        return dict(model.init_kwargs())
-    params = inspect.signature(type(model).__init__).parameters
-    out = {}
-    if "scan_layers" in params:
-        is_encoder = lambda x: isinstance(x, BigBirdEncoder)  # noqa: E731
-        encoders = [
-            x for x in jax.tree_util.tree_leaves(model, is_leaf=is_encoder) if is_encoder(x)
-        ]
-        if encoders:
-            out["scan_layers"] = encoders[0].scan_layers
-    if "add_pooling_layer" in params:
-        base = getattr(model, "bert", model)
-        out["add_pooling_layer"] = getattr(base, "pooler", None) is not None
-    return out
-
-
 def save(path: str | os.PathLike, model) -> str:
     """Writes `model` (any of our model classes) to `path` (a file, or a directory to hold
     `eqx_bigbird.safetensors`), atomically. Returns the file written."""
@@ -74,7 +47,7 @@ def save(path: str | os.PathLike, model) -> str:
         "format_version": str(FORMAT_VERSION),
         "model_class": cls.__name__,
         "config": json.dumps(model.config.to_hf(), sort_keys=True),
-        "init_kwargs": json.dumps(init_kwargs(model), sort_keys=True),
+        "init_kwargs": json.dumps(model.init_kwargs(), sort_keys=True),
         "inference": json.dumps(bool(getattr(model, "inference", False))),
     }
     write_safetensors(file, array_leaves(model), metadata)

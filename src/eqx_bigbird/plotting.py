@@ -152,27 +152,17 @@ def layer_attention(model, input_ids, attention_mask=None, *, layer: int = 0):
     head holding one as `.bert`), in compact form, in inference mode (HF's eval plan).
 
     **Arguments:**
-    - `input_ids`, `attention_mask`: one example, `(seq,)`; `seq` a multiple of `block_size`
-      and long enough for block-sparse attention (`model.uses_block_sparse(seq)`).
+    - `input_ids`, `attention_mask`: one example, `(seq,)`, long enough for block-sparse
+      attention (`model.uses_block_sparse(seq)`).
     - `layer`: which layer.
 
     **Returns:** a `sparse_attention.BlockedProbs` (`sparse_attention.densify` for the dense map).
     """
-    import equinox as eqx
     import jax
-    import jax.numpy as jnp
-
-    from . import sparse_attention as sa
 
     bert = getattr(model, "bert", model)
-    config = bert.config
     seq = len(input_ids)
-    if config.attention_type != "block_sparse" or not bert.uses_block_sparse(seq):
+    if not bert.uses_block_sparse(seq):
         raise ValueError(f"{seq} tokens do not run block-sparse attention in this model")
-    sa.num_blocks(seq, config.block_size)
-    mask = jnp.ones(seq, jnp.int32) if attention_mask is None else jnp.asarray(attention_mask)
-    out = bert(input_ids, mask, inference=True, output_hidden_states=True)
-    params, static = eqx.partition(bert.encoder.layers, eqx.is_array)
-    one = eqx.combine(jax.tree_util.tree_map(lambda a: a[layer], params), static)
-    q, k, _ = one.attention._heads(out.hidden_states[layer])
-    return sa.blocked_probs(q, k, mask, config.num_random_blocks, block_size=config.block_size)
+    out = bert(input_ids, attention_mask, inference=True, output_attentions="blocked")
+    return jax.tree_util.tree_map(lambda a: a[layer], out.attentions)

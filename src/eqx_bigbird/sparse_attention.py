@@ -469,11 +469,13 @@ class BlockedProbs(eqx.Module):
       twice (HF's eval plan) has its weight in each slot. Slot -1 of the edge rows is unused (0).
     - `key_blocks`: `block_key_indices(plan, nb)`.
     - `length`: the number of real (un-padded) positions `densify` keeps; `None`: all.
+
+    A model's output stacks one per layer (a leading `layers` axis on every array).
     """
 
-    global_rows: Float[Array, "heads 2 bs seq"]
-    rows: Float[Array, "heads rows bs keys"]
-    key_blocks: Int[Array, "heads rows slots"]
+    global_rows: Float[Array, "*layers heads 2 bs seq"]
+    rows: Float[Array, "*layers heads rows bs keys"]
+    key_blocks: Int[Array, "*layers heads rows slots"]
     length: int | None = eqx.field(static=True, default=None)
 
 
