@@ -17,7 +17,7 @@ import eqx_bigbird as eb
 import eqx_bigbird._io as io_module
 from eqx_bigbird.cli import main as cli
 
-from .hf_reference import TINY, pytorch_model
+from .hf_reference import TINY, pytorch_model, leaves_equal as same_leaves
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -25,14 +25,8 @@ OVERRIDES = dict(block_size=4, num_random_blocks=2)
 
 
 def leaves_equal(a, b):
-    la, lb = jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
     assert jax.tree_util.tree_structure(a) == jax.tree_util.tree_structure(b)
-    for x, y in zip(la, lb):
-        if eqx.is_array(x):
-            assert x.dtype == y.dtype
-            np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-        else:
-            assert x == y
+    same_leaves(a, b)
 
 
 # -- our format --------------------------------------------------------------------------------

@@ -12,7 +12,15 @@ from safetensors import safe_open
 
 import eqx_bigbird as eb
 
-from .hf_reference import TINY, flax_model, lenient_jax, numpy, pytorch_model, run_pytorch
+from .hf_reference import (
+    TINY,
+    flax_model,
+    leaves_equal,
+    lenient_jax,
+    numpy,
+    pytorch_model,
+    run_pytorch,
+)
 
 transformers = pytest.importorskip("transformers")
 ATOL = 1e-5
@@ -35,17 +43,6 @@ def run_ours(model, ids, mask, types):
 def keys(file):
     with safe_open(file, "np") as f:
         return set(f.keys())
-
-
-def leaves_equal(a, b):
-    la, lb = jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
-    assert len(la) == len(lb)
-    for x, y in zip(la, lb):
-        if eqx.is_array(x):
-            assert x.dtype == y.dtype
-            np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-        else:
-            assert x == y
 
 
 @pytest.fixture(scope="module")
