@@ -93,5 +93,21 @@ def run_pytorch(model, input_ids, attention_mask, token_type_ids, **kwargs):
     return out
 
 
+def leaves_equal(a, b):
+    """Asserts the same number of leaves, array leaves equal bit for bit and in dtype, the
+    others equal."""
+    import equinox as eqx
+    import jax
+
+    la, lb = jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
+    assert len(la) == len(lb)
+    for x, y in zip(la, lb):
+        if eqx.is_array(x):
+            assert x.dtype == y.dtype
+            np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+        else:
+            assert x == y
+
+
 def numpy(x):
     return x.detach().numpy() if hasattr(x, "detach") else np.asarray(x)

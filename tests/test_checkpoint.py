@@ -17,31 +17,16 @@ import eqx_bigbird as eb
 import eqx_bigbird._io as io_module
 from eqx_bigbird.cli import main as cli
 
-from .hf_reference import pytorch_model
+from .hf_reference import TINY, pytorch_model, leaves_equal as same_leaves
 
 torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
 OVERRIDES = dict(block_size=4, num_random_blocks=2)
-TINY = dict(
-    vocab_size=99,
-    hidden_size=32,
-    num_hidden_layers=2,
-    num_attention_heads=2,
-    intermediate_size=37,
-    max_position_embeddings=512,
-    type_vocab_size=3,
-    **OVERRIDES,
-)
 
 
 def leaves_equal(a, b):
-    la, lb = jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
     assert jax.tree_util.tree_structure(a) == jax.tree_util.tree_structure(b)
-    for x, y in zip(la, lb):
-        if eqx.is_array(x):
-            assert x.dtype == y.dtype
-            np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-        else:
-            assert x == y
+    same_leaves(a, b)
 
 
 # -- our format --------------------------------------------------------------------------------
@@ -120,6 +105,67 @@ def test_half_precision_keep_or_cast(tmp_path, hf_pt, torch_dtype):
     )
     np.testing.assert_array_equal(np.asarray(cast.encoder.layers.attention.query.weight[1]), w)
     assert cast.encoder.layers.attention.query.weight.dtype == jnp.float32
+
+
+# -- tied keys -----------------------------------------------------------------------------------
+
+DECODER, WORDS = "cls.predictions.decoder.weight", "bert.embeddings.word_embeddings.weight"
+
+
+def test_tied_names_follow_hf():
+    from eqx_bigbird._hf_names import hf_names, tied_names
+
+    tied = {DECODER: WORDS, "cls.predictions.decoder.bias": "cls.predictions.bias"}
+    config = eb.BigBirdConfig(**TINY)
+    for cls in (eb.BigBirdForPreTraining, eb.BigBirdForMaskedLM, eb.BigBirdForCausalLM):
+        # HF's own `_tied_weights_keys` on the same classes.
+        assert set(getattr(transformers, cls.__name__)._tied_weights_keys) == set(tied)
+        assert tied_names(cls, config) == tied
+        assert tied_names(cls, config.replace(tie_word_embeddings=False)) == {
+            "cls.predictions.decoder.bias": "cls.predictions.bias"
+        }
+    assert tied_names(eb.BigBirdModel, config) == {}
+    assert tied_names(eb.BigBirdForSequenceClassification, config) == {}
+    cross = hf_names(eb.BigBirdForCausalLM, config.replace(add_cross_attention=True))
+    assert cross["bert.encoder.layers.crossattention.query"] == (
+        "bert.encoder.layer.{i}.crossattention.self.query"
+    )
+    with pytest.raises(TypeError, match="BigBirdEncoder has no Hugging Face names"):
+        hf_names(eb.BigBirdEncoder, config)
+
+
+@pytest.fixture(scope="module")
+def hf_mlm_bin(tmp_path_factory):
+    """An HF MaskedLM saved as `pytorch_model.bin`, which keeps the tied decoder keys."""
+    pt, _ = pytorch_model("BigBirdForMaskedLM", **OVERRIDES)
+    path = tmp_path_factory.mktemp("mlm-bin")
+    pt.save_pretrained(path, safe_serialization=False)
+    state = torch.load(path / "pytorch_model.bin", weights_only=True)
+    assert DECODER in state and "cls.predictions.decoder.bias" in state
+    return path
+
+
+def test_tied_keys_in_checkpoint_are_accepted(hf_mlm_bin):
+    model, report = eb.BigBirdForMaskedLM.from_pretrained(hf_mlm_bin, return_report=True)
+    assert report.tied == ["cls.predictions.decoder.bias", DECODER]
+    # HF's MaskedLM keeps a pooler it never uses; ours has none.
+    assert report.unused == ["bert.pooler.bias", "bert.pooler.weight"]
+    assert not set(report.tied) & set(report.used)
+    _, hf_dir = pytorch_model("BigBirdForMaskedLM", **OVERRIDES)
+    leaves_equal(model, eb.BigBirdForMaskedLM.from_pretrained(hf_dir))
+
+
+def test_tied_key_that_differs_is_an_error(tmp_path):
+    from safetensors.numpy import load_file, save_file
+
+    _, hf_dir = pytorch_model("BigBirdForMaskedLM", **OVERRIDES)
+    d = copy_hf(hf_dir, tmp_path)
+    file = os.path.join(d, "model.safetensors")
+    state = load_file(file)
+    state[DECODER] = state[WORDS] + 1
+    save_file(state, file, {"format": "pt"})
+    with pytest.raises(eb.CheckpointError, match=f"{DECODER}: differs from {WORDS}"):
+        eb.BigBirdForMaskedLM.from_pretrained(d)
 
 
 # -- bad input -----------------------------------------------------------------------------------

@@ -12,7 +12,15 @@ from safetensors import safe_open
 
 import eqx_bigbird as eb
 
-from .hf_reference import flax_model, lenient_jax, numpy, pytorch_model, run_pytorch
+from .hf_reference import (
+    TINY,
+    flax_model,
+    leaves_equal,
+    lenient_jax,
+    numpy,
+    pytorch_model,
+    run_pytorch,
+)
 
 transformers = pytest.importorskip("transformers")
 ATOL = 1e-5
@@ -35,17 +43,6 @@ def run_ours(model, ids, mask, types):
 def keys(file):
     with safe_open(file, "np") as f:
         return set(f.keys())
-
-
-def leaves_equal(a, b):
-    la, lb = jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
-    assert len(la) == len(lb)
-    for x, y in zip(la, lb):
-        if eqx.is_array(x):
-            assert x.dtype == y.dtype
-            np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-        else:
-            assert x == y
 
 
 @pytest.fixture(scope="module")
@@ -137,18 +134,6 @@ def test_export_writes_config_hf_reads(exported):
     )
 
 
-TINY = dict(
-    vocab_size=99,
-    hidden_size=32,
-    num_hidden_layers=2,
-    num_attention_heads=2,
-    intermediate_size=37,
-    max_position_embeddings=512,
-    type_vocab_size=3,
-    **OVERRIDES,
-)
-
-
 @pytest.mark.parametrize("pooler,scan", [(False, True), (True, False)])
 def test_export_without_pooler_and_unrolled(tmp_path, getkey, pooler, scan):
     model = eb.BigBirdModel(
@@ -157,6 +142,36 @@ def test_export_without_pooler_and_unrolled(tmp_path, getkey, pooler, scan):
     model.save_pretrained(tmp_path)
     back = eb.BigBirdModel.from_pretrained(tmp_path, add_pooling_layer=pooler, scan_layers=scan)
     leaves_equal(eqx.nn.inference_mode(model), back)
+
+
+def test_export_with_tied_keys_loads_in_hf(tmp_path):
+    """`include_tied=True` writes HF's tied decoder keys as copies; HF loads them as its own."""
+    _, hf_dir = pytorch_model("BigBirdForPreTraining", **OVERRIDES)
+    ours = eb.BigBirdForPreTraining.from_pretrained(hf_dir)
+    eb.save_pretrained(ours, tmp_path, include_tied=True, flax=True)
+    tied = {"cls.predictions.decoder.weight", "cls.predictions.decoder.bias"}
+    want = keys(os.path.join(hf_dir, "model.safetensors")) | tied
+    assert keys(tmp_path / "model.safetensors") == want
+    loaded, info = transformers.BigBirdForPreTraining.from_pretrained(
+        tmp_path, output_loading_info=True
+    )
+    assert info == {
+        "missing_keys": [],
+        "unexpected_keys": [],
+        "mismatched_keys": [],
+        "error_msgs": [],
+    }
+    np.testing.assert_array_equal(
+        numpy(loaded.cls.predictions.decoder.weight),
+        np.asarray(ours.bert.embeddings.word_embeddings.weight),
+    )
+    back, report = eb.BigBirdForPreTraining.from_pretrained(tmp_path, return_report=True)
+    assert sorted(report.tied) == sorted(tied) and not report.unused
+    leaves_equal(ours, back)
+    # Flax's LM head has no decoder to tie: the Flax file is the one written without the copies.
+    eb.save_pretrained(ours, tmp_path / "untied", flax=True)
+    flax_bytes = (tmp_path / "untied" / "flax_model.msgpack").read_bytes()
+    assert (tmp_path / "flax_model.msgpack").read_bytes() == flax_bytes
 
 
 HF5 = os.environ.get("EQX_BIGBIRD_HF5_PYTHON")

@@ -22,7 +22,11 @@ from ._tree import array_leaves, path_str
 _FLAX_MAX_CHUNK = 2**30
 
 
-_MODULE_KINDS = {eqx.nn.Linear: "linear", eqx.nn.LayerNorm: "layer_norm", eqx.nn.Embedding: "embedding"}
+_MODULE_KINDS = {
+    eqx.nn.Linear: "linear",
+    eqx.nn.LayerNorm: "layer_norm",
+    eqx.nn.Embedding: "embedding",
+}
 
 
 def _module_kinds(model) -> dict[str, str]:

@@ -150,6 +150,16 @@ def _raise_problems(found, source):
         raise CheckpointError(f"{source} does not fit the model; " + "; ".join(problems))
 
 
+def _assert_filled(model):
+    """Nothing of the skeleton is left: a leaf that stayed shape-only would be a loader bug."""
+    unfilled = [
+        path_str(p)
+        for p, x in jax.tree_util.tree_flatten_with_path(model)[0]
+        if isinstance(x, jax.ShapeDtypeStruct)
+    ]
+    assert not unfilled, f"unfilled leaves: {unfilled}"
+
+
 def fill_from_state(
     skeleton,
     state: LazyTensors,
@@ -191,12 +201,7 @@ def fill_from_state(
     tied_present = _check_tied(state, tied or {}, found)
     _raise_problems(found, source)
     model = jax.tree_util.tree_unflatten(treedef, filled)
-    unfilled = [
-        path_str(p)
-        for p, x in jax.tree_util.tree_flatten_with_path(model)[0]
-        if isinstance(x, jax.ShapeDtypeStruct)
-    ]
-    assert not unfilled, f"unfilled leaves: {unfilled}"
+    _assert_filled(model)
     num_params, dtypes = param_summary(model)
     report = LoadReport(
         source,

@@ -91,7 +91,8 @@ def safetensors_header(file: str) -> tuple[dict, int]:
         n = int.from_bytes(head, "little")
         if n > min(size - 8, 100_000_000):
             raise CheckpointError(
-                f"{file}: corrupt or truncated safetensors header (declares {n} bytes, file has {size})"
+                f"{file}: corrupt or truncated safetensors header "
+                f"(declares {n} bytes, file has {size})"
             )
         try:
             header = json.loads(f.read(n))

@@ -65,13 +65,10 @@ def write_safetensors(
     path: str | os.PathLike,
     tensors: Iterable[tuple[str, Any]] | Mapping[str, Any],  # numpy or jax arrays
     metadata: Mapping[str, str] | None = None,
-    *,
-    progress=None,
 ) -> None:
     """Writes `(name, array)` pairs as a safetensors file, atomically.
 
-    Arrays may be anything `np.asarray` accepts (jax arrays on CPU are not copied). `progress`,
-    if given, is called with the number of bytes written after each tensor.
+    Arrays may be anything `np.asarray` accepts (jax arrays on CPU are not copied).
     """
     items = list(tensors.items() if isinstance(tensors, Mapping) else tensors)
     header: dict = {}
@@ -99,5 +96,3 @@ def write_safetensors(
         for name, value in items:
             array = np.ascontiguousarray(np.asarray(value))
             f.write(array.reshape(-1).view(np.uint8).data)
-            if progress is not None:
-                progress(array.nbytes)

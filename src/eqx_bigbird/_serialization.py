@@ -15,8 +15,8 @@ import jax.random as jr
 from ._config import BigBirdConfig
 from ._hf_load import fill_from_state
 from ._hf_read import CheckpointError, read_safetensors, safetensors_header
-from ._registry import MODEL_CLASSES
 from ._io import write_safetensors
+from ._registry import MODEL_CLASSES
 from ._tree import array_leaves, path_str
 
 FORMAT = "eqx-bigbird"
