@@ -40,6 +40,20 @@ def _choose(logits, key, do_sample, temperature, top_k):
     return jr.categorical(key, logits).astype(jnp.int32)
 
 
+def _stop_tokens(config, eos_token_id, pad_token_id) -> tuple[int | None, int | None]:
+    """`(eos, pad)`: -1 means the config's; without a pad token, eos pads."""
+    eos = config.eos_token_id if eos_token_id == -1 else eos_token_id
+    pad = config.pad_token_id if pad_token_id == -1 else pad_token_id
+    return eos, (eos if eos is not None and pad is None else pad)
+
+
+def _prompt_positions(mask):
+    """HF's `generate` positions: `cumsum(mask) - 1` over the prompt (1 on padding), and the
+    position of the first new token."""
+    positions = jnp.where(mask == 0, 1, jnp.cumsum(mask) - 1).astype(jnp.int32)
+    return positions, jnp.sum(mask).astype(jnp.int32)
+
+
 @eqx.filter_jit
 def generate(
     model: BigBirdForCausalLM,
@@ -80,10 +94,7 @@ def generate(
         raise ValueError("sampling (do_sample=True) needs `key=`")
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens={max_new_tokens} must be positive")
-    eos = config.eos_token_id if eos_token_id == -1 else eos_token_id
-    pad = config.pad_token_id if pad_token_id == -1 else pad_token_id
-    if eos is not None and pad is None:
-        pad = eos
+    eos, pad = _stop_tokens(config, eos_token_id, pad_token_id)
     input_ids = jnp.asarray(input_ids, jnp.int32)
     prompt = input_ids.shape[0]
     mask = (
@@ -91,8 +102,7 @@ def generate(
         if attention_mask is None
         else jnp.asarray(attention_mask).astype(jnp.int32)
     )
-    positions = jnp.where(mask == 0, 1, jnp.cumsum(mask) - 1).astype(jnp.int32)
-    next_position = jnp.sum(mask).astype(jnp.int32)
+    positions, next_position = _prompt_positions(mask)
     cross = dict(
         encoder_hidden_states=encoder_hidden_states, encoder_attention_mask=encoder_attention_mask
     )

@@ -68,54 +68,17 @@ def make_train_step(
     if accumulation_steps < 1:
         raise ValueError(f"accumulation_steps must be >= 1, got {accumulation_steps}")
 
-    def micro(model, batch, key):
-        return eqx.filter_value_and_grad(lambda m: loss_fn(m, batch, key=key))(model)
-
     def step(batch, state, key):
         batch = _constrain(batch, batch_sharding)
-        model = state.model
         if accumulation_steps == 1:
-            loss, grads = micro(model, batch, key)
+            loss, grads = _value_and_grad(loss_fn, state.model, batch, key)
         else:
-            def split(x):
-                if x.shape[0] % accumulation_steps:
-                    raise ValueError(
-                        f"batch size {x.shape[0]} is not divisible by accumulation_steps="
-                        f"{accumulation_steps}"
-                    )
-                return x.reshape(accumulation_steps, x.shape[0] // accumulation_steps, *x.shape[1:])
-
-            micro_batches = jax.tree_util.tree_map(split, batch)
-            # Without this XLA may split the micro-batch axis over devices, and the scan would
-            # then gather every micro-batch everywhere.
-            micro_batches = _constrain(micro_batches, _micro_sharding(batch_sharding))
-            params, static = eqx.partition(model, eqx.is_inexact_array)
-            zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
-
-            def body(carry, xs):
-                loss_sum, grad_sum = carry
-                mb, k = xs
-                loss, grads = micro(eqx.combine(params, static), mb, k)
-                grads = eqx.filter(grads, eqx.is_inexact_array)
-                grad_sum = jax.tree_util.tree_map(jnp.add, grad_sum, grads)
-                return (loss_sum + loss, grad_sum), None
-
-            keys = jr.split(key, accumulation_steps)
-            (loss, grads), _ = jax.lax.scan(body, (jnp.zeros(()), zeros), (micro_batches, keys))
-            loss = loss / accumulation_steps
-            grads = jax.tree_util.tree_map(lambda g: g / accumulation_steps, grads)
+            loss, grads = _accumulated(
+                loss_fn, state.model, batch, key, accumulation_steps, batch_sharding
+            )
         if state_shardings is not None:
             grads = _constrain(grads, state_shardings.model)  # FSDP: reduce-scatter, not all-reduce
-        params = eqx.filter(model, eqx.is_inexact_array)
-        # optax relies on implicit dtype promotion (e.g. Adam's bias correction), which a user
-        # running JAX in strict promotion mode for their own code would otherwise trip over.
-        with jax.numpy_dtype_promotion("standard"):
-            updates, opt_state = optimizer.update(
-                eqx.filter(grads, eqx.is_inexact_array), state.opt_state, params
-            )
-        model = eqx.apply_updates(model, updates)
-        metrics = {"loss": loss, "grad_norm": optax.global_norm(eqx.filter(grads, eqx.is_array))}
-        new = TrainState(model=model, opt_state=opt_state, step=state.step + 1)
+        new, metrics = _update(optimizer, state, grads, loss)
         return _constrain(new, state_shardings), metrics
 
     # equinox donates every argument but the first: the batch stays the caller's.
@@ -125,6 +88,51 @@ def make_train_step(
         return jitted(batch, state, key)
 
     return train_step
+
+
+def _value_and_grad(loss_fn, model, batch, key):
+    return eqx.filter_value_and_grad(lambda m: loss_fn(m, batch, key=key))(model)
+
+
+def _accumulated(loss_fn, model, batch, key, steps, batch_sharding):
+    """Mean loss and gradients over `steps` micro-batches, one at a time (a `lax.scan`)."""
+
+    def split(x):
+        if x.shape[0] % steps:
+            raise ValueError(
+                f"batch size {x.shape[0]} is not divisible by accumulation_steps={steps}"
+            )
+        return x.reshape(steps, x.shape[0] // steps, *x.shape[1:])
+
+    micro_batches = jax.tree_util.tree_map(split, batch)
+    # Without this XLA may split the micro-batch axis over devices, and the scan would then
+    # gather every micro-batch everywhere.
+    micro_batches = _constrain(micro_batches, _micro_sharding(batch_sharding))
+    params, static = eqx.partition(model, eqx.is_inexact_array)
+    zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
+
+    def body(carry, xs):
+        loss_sum, grad_sum = carry
+        loss, grads = _value_and_grad(loss_fn, eqx.combine(params, static), *xs)
+        grads = eqx.filter(grads, eqx.is_inexact_array)
+        return (loss_sum + loss, jax.tree_util.tree_map(jnp.add, grad_sum, grads)), None
+
+    keys = jr.split(key, steps)
+    (loss, grads), _ = jax.lax.scan(body, (jnp.zeros(()), zeros), (micro_batches, keys))
+    return loss / steps, jax.tree_util.tree_map(lambda g: g / steps, grads)
+
+
+def _update(optimizer, state: TrainState, grads, loss) -> tuple[TrainState, dict[str, Any]]:
+    params = eqx.filter(state.model, eqx.is_inexact_array)
+    # optax relies on implicit dtype promotion (e.g. Adam's bias correction), which a user
+    # running JAX in strict promotion mode for their own code would otherwise trip over.
+    with jax.numpy_dtype_promotion("standard"):
+        updates, opt_state = optimizer.update(
+            eqx.filter(grads, eqx.is_inexact_array), state.opt_state, params
+        )
+    model = eqx.apply_updates(state.model, updates)
+    metrics = {"loss": loss, "grad_norm": optax.global_norm(eqx.filter(grads, eqx.is_array))}
+    return TrainState(model=model, opt_state=opt_state, step=state.step + 1), metrics
 
 
 def _constrain(tree, shardings):
