@@ -44,7 +44,13 @@ from ._losses import (
 )
 from ._model import BigBirdModel, BigBirdModelOutput, KVCache, with_options
 from ._serialization import load, save
-from ._tokenizer import BatchEncoding, Encoding, Tokenizer, char_span_to_token_span, token_span_to_text
+from ._tokenizer import (
+    BatchEncoding,
+    Encoding,
+    Tokenizer,
+    char_span_to_token_span,
+    token_span_to_text,
+)
 from .sharding import (
     load_sharded,
     make_mesh,

@@ -61,7 +61,8 @@ class AbstractAttention(eqx.Module):
     def _full(self, x, states, mask, cache, cache_index, key, inference):
         """Dense softmax attention (with its dropout in training), writing `cache` if given."""
         states = x if states is None else states
-        q, k, v = (self.split_heads(m, y) for m, y in ((self.query, x), (self.key, states), (self.value, states)))
+        q = self.split_heads(self.query, x)
+        k, v = self.split_heads(self.key, states), self.split_heads(self.value, states)
         if cache is not None:
             start = (jnp.zeros((), jnp.int32), cache_index, jnp.zeros((), jnp.int32))
             k = jax.lax.dynamic_update_slice(cache[0], k.astype(cache[0].dtype), start)
@@ -103,7 +104,9 @@ def _output(ctx, probs, cache, head_mask, output_attentions) -> AttentionOutput:
         if isinstance(probs, sa.BlockedProbs):
             scale = head_mask[:, None, None, None]
             probs = eqx.tree_at(
-                lambda p: (p.global_rows, p.rows), probs, (probs.global_rows * scale, probs.rows * scale)
+                lambda p: (p.global_rows, p.rows),
+                probs,
+                (probs.global_rows * scale, probs.rows * scale),
             )
         elif probs is not None:
             probs = probs * head_mask[:, None, None]

@@ -197,7 +197,7 @@ class BigBirdConfig:
                 f"config model_type={model_type!r} is not 'big_bird'"
                 + (" (use eqx_bigbird.from_bert for BERT/RoBERTa)" if model_type in ("bert", "roberta") else "")
             )
-        labels = _labels(raw.pop("id2label", None), raw.pop("label2id", None), raw.pop("num_labels", None))
+        labels = _labels(*(raw.pop(k, None) for k in ("id2label", "label2id", "num_labels")))
         fields = {f.name for f in dataclasses.fields(cls)} - {"id2label", "architectures", "extra"}
         kwargs, extra = _sort_keys(raw, fields, strict)
         if labels is not None:

@@ -1,4 +1,4 @@
-"""BigBird's task heads (HF `BigBirdFor*`), each holding the encoder as `bert`, called on ONE example.
+"""BigBird's task heads (HF `BigBirdFor*`): the encoder as `bert`, called on ONE example.
 
 Every head shares `AbstractHead`: the call's mode and keys, the encoder call, the compute dtype
 for the head's own modules, loading and export. Each keeps an explicit, annotated `__call__`.
@@ -161,7 +161,9 @@ def _at_positions(h, positions):
         return h
     positions = jnp.asarray(positions)
     if positions.ndim != 1 or not jnp.issubdtype(positions.dtype, jnp.integer):
-        raise ValueError(f"positions must be a 1-D integer array, got {positions.shape} {positions.dtype}")
+        raise ValueError(
+            f"positions must be a 1-D integer array, got {positions.shape} {positions.dtype}"
+        )
     positions = eqx.error_if(
         positions, (positions < 0) | (positions >= h.shape[0]), "positions out of range"
     )
@@ -193,7 +195,9 @@ class AbstractHead(eqx.Module):
         """The constructor keywords that rebuild this head's structure and options."""
         return dataclasses.asdict(self.bert.options)
 
-    def _encode(self, *inputs, key, inference, **kwargs) -> tuple[BigBirdModelOutput, PRNGKeyArray | None, bool]:
+    def _encode(
+        self, *inputs, key, inference, **kwargs
+    ) -> tuple[BigBirdModelOutput, PRNGKeyArray | None, bool]:
         """Runs the encoder on `inputs` (and `kwargs`, e.g. a decoder's cache) in the call's
         mode. **Returns:** `(encoder output, the head's own key, inference)`."""
         inference = resolve_inference(self, inference, key)
@@ -491,7 +495,8 @@ class BigBirdForMultipleChoice(AbstractHead):
     def __call__(
         self,
         input_ids: Int[ArrayLike, "choices seq"],
-        attention_mask: Int[ArrayLike, "choices seq"] | Bool[ArrayLike, "choices seq"] | None = None,
+        attention_mask: Int[ArrayLike, "choices seq"] | Bool[ArrayLike, "choices seq"]
+        | None = None,
         token_type_ids: Int[ArrayLike, "choices seq"] | None = None,
         position_ids: Int[ArrayLike, "choices seq"] | None = None,
         head_mask: HeadMask = None,
@@ -518,7 +523,10 @@ class BigBirdForMultipleChoice(AbstractHead):
                 output_hidden_states=output_hidden_states, output_attentions=output_attentions,
             )
 
-        optional = [None if a is None else jnp.asarray(a) for a in (attention_mask, token_type_ids, position_ids)]
+        optional = [
+            None if a is None else jnp.asarray(a)
+            for a in (attention_mask, token_type_ids, position_ids)
+        ]
         out = jax.vmap(encode)(input_ids, *optional, keys)
         pooled = self.dropout(out.pooler_output, key=k_drop, inference=inference)
         return MultipleChoiceModelOutput(

@@ -67,7 +67,7 @@ class ExecutionOptions:
 
 
 class BigBirdEmbeddings(eqx.Module):
-    """Word + token-type + position embeddings, then dropout, then LayerNorm (HF BigBird's order)."""
+    """Word + token-type + position embeddings, dropout, LayerNorm (HF BigBird's order)."""
 
     word_embeddings: eqx.nn.Embedding
     position_embeddings: eqx.nn.Embedding
@@ -117,7 +117,9 @@ class LayerOutput(eqx.Module):
     hidden: Float[Array, "*layers seq hidden"] | None
     attentions: Float[Array, "*layers heads seq kv"] | sa.BlockedProbs | None = None
     cross_attentions: Float[Array, "*layers heads seq enc_seq"] | None = None
-    cache: tuple[Float[Array, "*layers heads kv dim"], Float[Array, "*layers heads kv dim"]] | None = None
+    cache: tuple[Float[Array, "*layers heads kv d"], Float[Array, "*layers heads kv d"]] | None = (
+        None
+    )
 
 
 class BigBirdLayer(eqx.Module):
@@ -181,7 +183,9 @@ class BigBirdLayer(eqx.Module):
         attn = self.attention(
             x, mask, plan=plan, cache=cache, cache_index=cache_index, key=k_attn, **common
         )
-        h = self._residual(self.attention_output, self.attention_norm, attn.context, x, k_drop1, inference)
+        h = self._residual(
+            self.attention_output, self.attention_norm, attn.context, x, k_drop1, inference
+        )
         cross = None
         if encoder_states is not None:
             if self.crossattention is None:
@@ -191,9 +195,12 @@ class BigBirdLayer(eqx.Module):
                 )
             # A key stream of its own, so the encoder-only path draws the same keys either way.
             k_cross, k_drop_c = split_key(None if key is None else jr.fold_in(key, 1))
-            cross = self.crossattention(h, encoder_mask, states=encoder_states, key=k_cross, **common)
+            cross = self.crossattention(
+                h, encoder_mask, states=encoder_states, key=k_cross, **common
+            )
             h = self._residual(
-                self.crossattention_output, self.crossattention_norm, cross.context, h, k_drop_c, inference
+                self.crossattention_output, self.crossattention_norm, cross.context, h, k_drop_c,
+                inference,
             )
         f = per_token(self.output, ACTIVATIONS[self.hidden_act](per_token(self.intermediate, h)))
         out = per_token(self.output_norm, self.dropout(f, key=k_drop2, inference=inference) + h)
@@ -250,10 +257,12 @@ class BigBirdEncoder(eqx.Module):
                 encoder_states=encoder_states, encoder_mask=encoder_mask, cache=xs["cache"],
                 cache_index=cache_index,
             )
-            return out.hidden, dataclasses.replace(out, hidden=out.hidden if output_hidden_states else None)
+            kept = out.hidden if output_hidden_states else None
+            return out.hidden, dataclasses.replace(out, hidden=kept)
 
         if options.gradient_checkpointing is not None:
-            step = eqx.filter_checkpoint(step, policy=CHECKPOINT_POLICIES[options.gradient_checkpointing])
+            policy = CHECKPOINT_POLICIES[options.gradient_checkpointing]
+            step = eqx.filter_checkpoint(step, policy=policy)
         x = options.cast(x)
         if options.scan_layers:
             return jax.lax.scan(step, x, xs)

@@ -123,10 +123,10 @@ def _pad(inputs: _Inputs, padded: int, config: BigBirdConfig) -> _Inputs:
 class BigBirdModel(eqx.Module):
     """The BigBird encoder (HF `BigBirdModel` / `FlaxBigBirdModel`), called on ONE example.
 
-    Batches: `jax.vmap(model)(input_ids, ...)` (or `eqx.filter_vmap`). `eqx.nn.inference_mode(model)`
-    turns off dropout and random attention everywhere; outside inference mode every call needs a
-    `key`. Sequences whose length is not a multiple of `block_size` are padded internally
-    (block-sparse) and every output is un-padded.
+    Batches: `jax.vmap(model)(input_ids, ...)` (or `eqx.filter_vmap`).
+    `eqx.nn.inference_mode(model)` turns off dropout and random attention everywhere; outside
+    inference mode every call needs a `key`. Sequences whose length is not a multiple of
+    `block_size` are padded internally (block-sparse) and every output is un-padded.
     """
 
     embeddings: BigBirdEmbeddings
@@ -216,14 +216,18 @@ class BigBirdModel(eqx.Module):
         inference = resolve_inference(self, inference, key)
         start = self._cache_start(past_key_values, jnp.shape(input_ids)[0])
         inputs = self._check_inputs(input_ids, attention_mask, token_type_ids, position_ids, start)
-        encoder_states, encoder_mask = self._check_cross(encoder_hidden_states, encoder_attention_mask)
+        encoder_states, encoder_mask = self._check_cross(
+            encoder_hidden_states, encoder_attention_mask
+        )
         seq = inputs.ids.shape[0]
         inputs = _pad(inputs, self.config.padded_length(seq), self.config)
         k_emb, k_enc, k_plan = split_key(key, 3)
         plans = self._plans(seq, inputs.ids.shape[0], random_plan, k_plan, inference)
         self_mask, slots = self._self_attention_mask(inputs.mask, past_key_values, start)
         cache = None if past_key_values is None else (past_key_values.key, past_key_values.value)
-        x = self.embeddings(inputs.ids, inputs.types, inputs.positions, key=k_emb, inference=inference)
+        x = self.embeddings(
+            inputs.ids, inputs.types, inputs.positions, key=k_emb, inference=inference
+        )
         h, layers = self.encoder(
             x, self_mask, options=self.options, plans=plans, head_mask=self._head_mask(head_mask),
             key=k_enc, inference=inference, output_hidden_states=output_hidden_states,
@@ -247,7 +251,8 @@ class BigBirdModel(eqx.Module):
         full = cache.index + seq > cache.mask.shape[0]
         return eqx.error_if(cache.index, full, "KV cache full: more tokens than its max_length")
 
-    def _check_inputs(self, input_ids, attention_mask, token_type_ids, position_ids, start) -> _Inputs:
+    def _check_inputs(self, input_ids, attention_mask, token_type_ids, position_ids, start):
+        """Shapes, dtypes and id ranges of one example's inputs, with HF's defaults."""
         c = self.config
         seq = jnp.shape(input_ids)[0]
         if seq == 0:

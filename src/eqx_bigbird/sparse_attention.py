@@ -337,7 +337,7 @@ def _sparse_context_fwd(q, k, v, mask, plan, dup_r, bs):
 def _sparse_context_bwd(dup_r, bs, res, grad):
     q, k, v, mask, plan, ctx, lse = res
     heads, seq, dim = q.shape
-    nb, rows, dtype = seq // bs, seq // bs - 2, q.dtype
+    nb, dtype = seq // bs, q.dtype
     scale = 1.0 / math.sqrt(dim)
     d_ctx = (grad * mask[None, :, None].astype(grad.dtype)).astype(dtype)
     # sum_k P dP of each query row, from the output (flash attention's "delta").
@@ -457,7 +457,7 @@ def full_attention(
     return jnp.einsum("hqk,hkd->hqd", dropped, v), probs
 
 
-# -- Attention probabilities in their compact blocked form ------------------------------------------
+# -- Attention probabilities in their compact blocked form ----------------------------------------
 
 
 class BlockedProbs(eqx.Module):
