@@ -1,6 +1,7 @@
 """Tree paths as dotted strings: the names our checkpoint formats give a model's leaves."""
 
 import jax
+import numpy as np
 
 
 def path_str(path) -> str:
@@ -18,8 +19,8 @@ def path_str(path) -> str:
     return ".".join(parts)
 
 
-def array_leaves(tree) -> list[tuple[str, jax.Array]]:
-    """`[(dotted path, leaf)]` for every array leaf of `tree`, in tree order."""
+def array_leaves(tree) -> list[tuple[str, jax.Array | np.ndarray]]:
+    """`[(dotted path, leaf)]` for every array leaf (JAX or numpy) of `tree`, in tree order."""
     import equinox as eqx
 
     return [
