@@ -20,7 +20,6 @@ from eqx_bigbird.cli import main as cli
 from .hf_reference import TINY, pytorch_model, leaves_equal as same_leaves
 
 torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
 OVERRIDES = dict(block_size=4, num_random_blocks=2)
 
 
@@ -113,6 +112,7 @@ DECODER, WORDS = "cls.predictions.decoder.weight", "bert.embeddings.word_embeddi
 
 
 def test_tied_names_follow_hf():
+    transformers = pytest.importorskip("transformers")
     from eqx_bigbird._hf_names import hf_names, tied_names
 
     tied = {DECODER: WORDS, "cls.predictions.decoder.bias": "cls.predictions.bias"}
