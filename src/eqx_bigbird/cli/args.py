@@ -2,6 +2,7 @@
 of numeric flags, and finding the encoder inside a loaded model."""
 
 import argparse
+import math
 
 from .. import BigBirdModel
 
@@ -34,6 +35,15 @@ def add_tokenizer(p, help: str = TOKENIZER_HELP) -> None:
 def require_positive(flag: str, value: int) -> None:
     if value < 1:
         raise ValueError(f"{flag} must be >= 1, got {value}")
+
+
+def require_finite(flag: str, value: float, *, low: float, high: float | None = None,
+                   low_open: bool = False) -> None:
+    """`value` is a finite number in [low, high) (or (low, high) with `low_open`)."""
+    above = value > low if low_open else value >= low
+    if not (math.isfinite(value) and above and (high is None or value < high)):
+        span = f"{'(' if low_open else '['}{low}, {'inf' if high is None else high})"
+        raise ValueError(f"{flag} must be a finite number in {span}, got {value}")
 
 
 def encoder_of(model):

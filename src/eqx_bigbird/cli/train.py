@@ -12,6 +12,7 @@ import datetime
 import functools
 import json
 import os
+import resource
 import shutil
 import signal
 import tempfile
@@ -40,7 +41,8 @@ from .._serialization import checkpoint_file
 from .._tree import array_leaves, path_str
 from ..data import listops
 from ..training import TrainState, make_train_step
-from .args import add_command, add_tokenizer, encoder_of, require_positive
+from .args import add_command, add_tokenizer, encoder_of, require_finite, require_positive
+from .health import Diverged, Health
 
 # Model presets: (hidden, layers, heads). "tiny" is the default: it learns ListOps' easy part
 # (the root operator) in the ~10 minute budget of a 2-core CPU.
@@ -179,6 +181,8 @@ def _resolve(args) -> dict:
     for name in ("seq_len", "steps", "batch_size", "eval_every", "block_size", "hidden", "layers",
                  "heads"):
         require_positive("--" + name.replace("_", "-"), run[name])
+    require_finite("--lr", run["lr"], low=0.0, low_open=True)
+    require_finite("--dropout", run["dropout"], low=0.0, high=1.0)
     if run["data"] and not (run["tokenizer"] or run["init"]):
         raise ValueError("--data needs --tokenizer DIR (or an --init directory with a tokenizer)")
     return run
@@ -198,6 +202,7 @@ class _Record:
     evals: list  # {"step", "accuracy", "loss"} per validation
     elapsed_before: float  # seconds spent before this process (in the interrupted runs)
     t_start: float
+    health: Health
 
     def elapsed(self) -> float:
         return self.elapsed_before + time.time() - self.t_start
@@ -208,11 +213,15 @@ class _Record:
             "run": self.run, "step": step, "examples_seen": step * self.run["batch_size"],
             "rng_key": np.asarray(jax.random.key_data(self.key)).tolist(),
             "history": self.history, "evals": self.evals, "elapsed": self.elapsed(),
+            "health": self.health.state(),
         }
 
-    def validate(self, model, split, step: int) -> tuple[float, float]:
-        acc, loss = _evaluate(model, split, self.run["batch_size"])
+    def validate(self, model, split, step: int, names, log) -> tuple[float, float]:
+        acc, loss, predicted = _evaluate(model, split, self.run["batch_size"])
         self.evals.append({"step": step, "accuracy": acc, "loss": loss})
+        warning = self.health.predictions(step, predicted, split.labels, "validation", names)
+        if warning:
+            log(warning)
         return acc, loss
 
 
@@ -421,20 +430,21 @@ def _predict(model, ids, mask):
     return jnp.argmax(logits, -1), logits
 
 
-def _evaluate(model, split: _Split, batch_size: int) -> tuple[float, float]:
-    """(accuracy, mean cross-entropy) over a split; the last batch is padded to keep one shape."""
-    correct, loss, n = 0, 0.0, len(split)
+def _evaluate(model, split: _Split, batch_size: int) -> tuple[float, float, np.ndarray]:
+    """(accuracy, mean cross-entropy, the predicted classes) over a split; the last batch is
+    padded to keep one shape."""
+    predicted, loss, n = [], 0.0, len(split)
     for start in range(0, n, batch_size):
         idx = np.arange(start, start + batch_size) % n
         pred, logits = _predict(model, jnp.asarray(split.ids[idx]), jnp.asarray(split.mask[idx]))
         real = min(batch_size, n - start)
-        labels = split.labels[idx][:real]
-        correct += int((np.asarray(pred)[:real] == labels).sum())
+        predicted.append(np.asarray(pred)[:real])
         ce = optax.softmax_cross_entropy_with_integer_labels(
-            logits[:real], jnp.asarray(labels)
+            logits[:real], jnp.asarray(split.labels[idx][:real])
         )
         loss += float(ce.sum())
-    return correct / n, loss / n
+    predicted = np.concatenate(predicted)
+    return float((predicted == split.labels).mean()), loss / n, predicted
 
 
 # -- resumable state ------------------------------------------------------------------------------
@@ -562,12 +572,14 @@ def _setup(args, t_start) -> tuple[_Record, str, str | None]:
             progress = json.load(f)
         run, out = progress["run"], args.out or args.resume
         history, evals, elapsed = progress["history"], progress["evals"], progress["elapsed"]
+        health = Health.resumed(progress["health"], [h["loss"] for h in history])
     else:
         folder, run = None, _resolve(args)
         out = args.out or os.path.join("runs", datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
-        history, evals, elapsed = [], [], 0.0
+        history, evals, elapsed, health = [], [], 0.0, Health()
     os.makedirs(out, exist_ok=True)
-    return _Record(run, _keys(run["seed"])[1], history, evals, elapsed, t_start), out, folder
+    record = _Record(run, _keys(run["seed"])[1], history, evals, elapsed, t_start, health)
+    return record, out, folder
 
 
 def _load_data(run, log) -> _Data:
@@ -626,12 +638,16 @@ def _loop(args, state, step_fn, place, data, record, log):
             state, metrics = step_fn(state, batch, jr.fold_in(record.key, step))
             loss = float(metrics["loss"])
             dt = time.time() - t
+            warning = record.health.loss(step + 1, loss)
+            if warning:
+                log(warning)
             record.history.append({"step": step + 1, "loss": loss})
             ema = loss if ema is None else 0.95 * ema + 0.05 * loss
             bar.update(1)
             bar.set_postfix(loss=f"{ema:.3f}", tok_s=f"{int(data.train.mask[idx].sum() / dt)}")
             if (step + 1) % record.run["eval_every"] == 0 and step + 1 < total:
-                acc, vloss = record.validate(state.model, data.val, step + 1)
+                acc, vloss = record.validate(state.model, data.val, step + 1, data.label_names,
+                                             log)
                 log(f"step {step + 1}: val accuracy {acc:.1%}, val loss {vloss:.3f}")
             if args.stop_after is not None and step + 1 >= args.stop_after:
                 stop.requested = True
@@ -642,18 +658,23 @@ def _loop(args, state, step_fn, place, data, record, log):
     return state, stopped
 
 
-def _final_metrics(state, data, record, n_params) -> dict:
+def _final_metrics(state, data, record, n_params, log) -> dict:
     """Validation and test results of the trained model, with the run that made it."""
     run = record.run
-    val_acc, _ = record.validate(state.model, data.val, run["steps"])
-    test_acc, test_loss = _evaluate(state.model, data.test, run["batch_size"])
+    val_acc, _ = record.validate(state.model, data.val, run["steps"], data.label_names, log)
+    test_acc, test_loss, predicted = _evaluate(state.model, data.test, run["batch_size"])
+    warning = record.health.predictions(run["steps"], predicted, data.test.labels, "test",
+                                        data.label_names)
+    if warning:
+        log(warning)
     majority, baseline = data.majority()
     return {
         "run": run, "data": data.description, "parameters": int(n_params),
         "test_accuracy": test_acc, "test_loss": test_loss, "val_accuracy": val_acc,
         "majority_class": majority, "majority_baseline": baseline,
-        "steps": run["steps"], "seconds": record.elapsed(), "history": record.history,
-        "evals": record.evals,
+        "steps": run["steps"], "seconds": record.elapsed(),
+        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        "warnings": record.health.warnings, "history": record.history, "evals": record.evals,
     }
 
 
@@ -684,11 +705,15 @@ def train(args) -> int:
     majority, baseline = data.majority()
     log(f"majority class {majority!r}: {baseline:.1%} of the test split")
     state, step_fn, place = _step_function(args, state, optimizer, log)
-    state, stopped = _loop(args, state, step_fn, place, data, record, log)
+    try:
+        state, stopped = _loop(args, state, step_fn, place, data, record, log)
+    except Diverged as e:
+        raise Diverged(f"{e}: stopped without writing a model ({os.path.join(out, RESUME_DIR)} and "
+                       "earlier outputs are unchanged); try a lower --lr") from None
     if stopped:
         folder = _save_resume(out, state, record.progress(state))
         log(f"interrupted at step {int(state.step)}: saved {folder}; continue with "
             f"`eqx-bigbird train --resume {out}`")
         return 130
-    _write_outputs(out, state, _final_metrics(state, data, record, n_params))
+    _write_outputs(out, state, _final_metrics(state, data, record, n_params, log))
     return 0
