@@ -184,6 +184,8 @@ def test_cli_from_the_cache(offline, tmp_path, capsys):
     out = tmp_path / "two.safetensors"
     assert main(["convert", "-q", "org/two", str(out), "--revision", A, "--local-files-only"]) == 0
     same_model(eb.load(out), eb.BigBirdModel.from_pretrained(offline.dirs["torch"]))
+    assert main(["convert", "-q", offline.dirs["torch"], str(out), "--revision", A]) == 1
+    assert "no Hub repo id was given" in capsys.readouterr().err
     # train --init: the run records the snapshot, whose tokenizer is the default.
     args = build_parser().parse_args(["train", "--init", "org/mlm", "--data", "d.jsonl"])
     run = train._resolve(args)
@@ -344,7 +346,7 @@ def test_local_paths_never_touch_the_network(hub, monkeypatch):
             raise AssertionError("network use")
         socket.socket.connect = socket.socket.connect_ex = refuse
         import eqx_bigbird as eb
-        eb.BigBirdForMaskedLM.from_pretrained({hub.dirs["mlm"]!r})
+        eb.BigBirdModel.from_pretrained({hub.dirs["torch"]!r})
         eb.Tokenizer.from_pretrained({MINILM!r})
         print(sorted(m for m in sys.modules if m.split(".")[0] in ("huggingface_hub", "requests")))
     """, {"HF_HUB_OFFLINE": "0"})

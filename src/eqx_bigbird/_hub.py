@@ -70,9 +70,10 @@ def local_path(
     try:
         validate_repo_id(text)
     except HFValidationError as e:
+        why = str(e).split(": '")[0]  # the rule broken, without the id repeated
         raise FileNotFoundError(
             f"{text}: no such file or directory (the path does not exist), and not a Hub repo id "
-            f"either ({e})"
+            f"either ({why})"
         ) from None
     cache = os.fspath(cache_dir) if cache_dir is not None else constants.HF_HUB_CACHE
     repo = _Repo(text, revision, cache, token)

@@ -47,11 +47,13 @@ def hub_ids_to_paths(args, checkpoint: str, *, with_tokenizer: bool = True) -> N
     files, if it has them and `with_tokenizer`: the tokenizer defaults to the checkpoint's."""
     tokenizer = getattr(args, "tokenizer", None)
     files = "model+tokenizer" if with_tokenizer and tokenizer is None else "model"
-    for name, value, kind in ((checkpoint, getattr(args, checkpoint), files),
-                              ("tokenizer", tokenizer, "tokenizer")):
-        if value is not None and not os.path.exists(value):
-            setattr(args, name, local_path(value, kind, revision=args.revision,
-                                           local_files_only=args.local_files_only))
+    given = [(checkpoint, getattr(args, checkpoint), files), ("tokenizer", tokenizer, "tokenizer")]
+    repo_ids = [(n, v, k) for n, v, k in given if v is not None and not os.path.exists(v)]
+    if args.revision is not None and not repo_ids:
+        raise ValueError(f"--revision {args.revision}: no Hub repo id was given (only local paths)")
+    for name, value, kind in repo_ids:
+        setattr(args, name, local_path(value, kind, revision=args.revision,
+                                       local_files_only=args.local_files_only))
 
 
 def add_tokenizer(p, help: str = TOKENIZER_HELP) -> None:
