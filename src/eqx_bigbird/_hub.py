@@ -25,11 +25,11 @@ CONFIG = "config.json"
 GENERATION_CONFIG = "generation_config.json"
 _TOKENIZERS = (TOKENIZER_JSON, *SENTENCEPIECE_MODELS)  # one of these, in order of preference
 
+_COMMIT = re.compile(r"[0-9a-f]{40}")
+
 # "model": config.json and one weights file (plus generation_config.json where the repo has it);
 # "tokenizer": a tokenizer file and its configs; "model+tokenizer": the model, and the tokenizer
 # files where the repo has them (the CLI's CHECKPOINT, whose tokenizer is the default).
-_COMMIT = re.compile(r"[0-9a-f]{40}")
-
 Files = Literal["model", "tokenizer", "model+tokenizer"]
 
 
@@ -187,19 +187,11 @@ class _Repo:
         return folder
 
     def _unreachable(self, files: Files, endpoint: str, error: Exception) -> str:
-        folder = self.snapshot()
-        reason = _reason(error)
-        if folder is None:
-            raise HubError(
-                f"{self.name}: not a local path, the Hub ({endpoint}) could not list the repo "
-                f"({reason}), and it is not in the Hugging Face cache ({self.cache}); "
-                f"{self._advice()}"
-            ) from None
-        folder = self.cached(files, f"the Hub could not list the repo ({reason})")
-        warnings.warn(
-            f"{self.name}: the Hub ({endpoint}) could not list the repo ({reason}); using the "
-            f"cached snapshot {folder} (set HF_HUB_OFFLINE=1 to skip the Hub)"
-        )
+        """The cached snapshot, with a warning, after the listing failed with `error`."""
+        why = f"the Hub ({endpoint}) could not list the repo ({_reason(error)})"
+        folder = self.cached(files, why)
+        warnings.warn(f"{self.name}: {why}; using the cached snapshot {folder} (set "
+                      "HF_HUB_OFFLINE=1 to skip the Hub)")
         return folder
 
 
