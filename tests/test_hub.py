@@ -3,15 +3,20 @@ cache (huggingface_hub's layout) from HF `save_pretrained` output, and stand in 
 a closed port or with a recording fake of `model_info` / `hf_hub_download`."""
 
 import hashlib
+import http.server
+import json
 import os
 import shutil
 import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import types
+import urllib.parse
 import warnings
+from typing import ClassVar
 
 import equinox as eqx
 import jax.numpy as jnp
@@ -218,35 +223,55 @@ def test_offline_errors_name_the_problem_and_the_fix(offline):
         eb.BigBirdModel.from_pretrained("org/pt", revision="v9")
 
 
-class FakeHub:
-    """`HfApi.model_info` and `hf_hub_download` over local folders, recording what is fetched,
-    writing the cache as huggingface_hub does (snapshot by commit, refs/ for a branch)."""
+class _Hub(http.server.BaseHTTPRequestHandler):
+    """The two Hub routes huggingface_hub uses here: `GET /api/models/{repo}/revision/{rev}` (the
+    listing) and `HEAD`/`GET /{repo}/resolve/{rev}/{file}`; every repo is at commit `B`."""
 
-    def __init__(self, cache, repos):
-        self.cache, self.repos, self.fetched = cache, repos, []
+    repos: ClassVar[dict] = {}
+    log: ClassVar[list] = []  # (method, repo, file or None for the listing)
 
-    def model_info(self, repo_id, *, revision=None, timeout=None):
-        assert timeout is not None and timeout <= 10  # bounded: never the client's default
-        folder = self.repos[repo_id]
-        siblings = [types.SimpleNamespace(rfilename=n) for n in sorted(os.listdir(folder))]
-        return types.SimpleNamespace(sha=B, siblings=siblings)
+    def log_message(self, *args):  # quiet
+        pass
 
-    def hf_hub_download(self, repo_id, filename, *, revision, cache_dir, token):
-        self.fetched.append(filename)
-        repo = os.path.join(cache_dir, "models--" + repo_id.replace("/", "--"))
-        snapshot = os.path.join(repo, "snapshots", B)
-        os.makedirs(snapshot, exist_ok=True)
-        shutil.copy(os.path.join(self.repos[repo_id], filename), snapshot)
-        if revision != B:
-            os.makedirs(os.path.join(repo, "refs"), exist_ok=True)
-            with open(os.path.join(repo, "refs", revision or "main"), "w") as f:
-                f.write(B)
-        return os.path.join(snapshot, filename)
+    def _send(self, status, data=b"", headers=(), body=True):
+        self.send_response(status)
+        for k, v in (*headers, ("Content-Length", str(len(data)))):
+            self.send_header(k, v)
+        self.end_headers()
+        if body:
+            self.wfile.write(data)
+
+    def _route(self, body):
+        parts = urllib.parse.urlparse(self.path).path.strip("/").split("/")
+        api = parts[:2] == ["api", "models"]
+        repo = "/".join(parts[2:4] if api else parts[:2])
+        name = None if api else "/".join(parts[4:])
+        self.log.append((self.command, repo, name))
+        folder = self.repos.get(repo)
+        if folder is None:
+            return self._send(404, headers=[("X-Error-Code", "RepoNotFound")], body=body)
+        if api:
+            info = {"id": repo, "sha": B,
+                    "siblings": [{"rfilename": n} for n in sorted(os.listdir(folder))]}
+            return self._send(200, json.dumps(info).encode(), body=body)
+        file = os.path.join(folder, name)
+        if not os.path.isfile(file):
+            return self._send(404, headers=[("X-Error-Code", "EntryNotFound")], body=body)
+        with open(file, "rb") as f:
+            data = f.read()
+        etag = '"' + hashlib.sha256(data).hexdigest() + '"'
+        self._send(200, data, [("X-Repo-Commit", B), ("ETag", etag)], body=body)
+
+    def do_GET(self):
+        self._route(body=True)
+
+    def do_HEAD(self):
+        self._route(body=False)
 
 
 @pytest.fixture
-def online(hub, tmp_path, monkeypatch):
-    """An empty cache and a fake Hub holding some of the folders above (more formats added)."""
+def local_hub(hub, tmp_path):
+    """A Hub on 127.0.0.1 serving some of the folders above (one with every weights format)."""
     every = tmp_path / "every"
     shutil.copytree(hub.dirs["torch"], every)
     shutil.copy(f"{hub.dirs['flax']}/flax_model.msgpack", every)
@@ -254,39 +279,80 @@ def online(hub, tmp_path, monkeypatch):
     (every / "README.md").write_text("hi")
     for name in TOKENIZER_FILES:
         shutil.copy(os.path.join(MINILM, name), every)
-    fake = FakeHub(tmp_path / "cache", {
-        "org/every": str(every), "org/sharded": hub.dirs["sharded"],
-        "org/flax": hub.dirs["flax"], "org/empty": str(tmp_path / "empty"),
-    })
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "README.md").write_text("hi")
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(fake.cache))
-    monkeypatch.setattr(huggingface_hub.HfApi, "model_info", fake.model_info)
-    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake.hf_hub_download)
-    return fake
+    _Hub.repos = {"org/every": str(every), "org/sharded": hub.dirs["sharded"],
+                  "org/flax": hub.dirs["flax"], "org/empty": str(tmp_path / "empty")}
+    _Hub.log = []
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Hub)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
 
 
-def test_online_fetches_only_the_files_needed(online, hub, monkeypatch):
-    model = eb.BigBirdModel.from_pretrained("org/every")
-    assert online.fetched == ["config.json", "model.safetensors"]  # one format of three
-    same_model(model, eb.BigBirdModel.from_pretrained(hub.dirs["torch"]))
-    online.fetched.clear()
-    eb.Tokenizer.from_pretrained("org/every")
-    assert online.fetched == ["tokenizer.json", *TOKENIZER_FILES[1:]]
-    online.fetched.clear()
-    sharded = eb.BigBirdModel.from_pretrained("org/sharded")
+def test_online_fetches_only_the_files_needed(local_hub, hub, tmp_path):
+    """Through huggingface_hub's real download code (in a fresh process: HF_ENDPOINT is read at
+    import), against the local Hub."""
+    out = _run(f"""
+        import equinox as eqx, jax, numpy as np
+        import eqx_bigbird as eb
+        from huggingface_hub import constants
+        from eqx_bigbird._hub import HubError
+
+        def same(a, b):
+            la, lb = jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
+            assert len(la) == len(lb)
+            assert all(np.array_equal(x, y) for x, y in zip(la, lb) if eqx.is_array(x))
+
+        def step(name):
+            print(name, flush=True)
+
+        dirs = {dict(hub.dirs)!r}
+        step("every")
+        same(eb.BigBirdModel.from_pretrained("org/every"), eb.BigBirdModel.from_pretrained(
+            dirs["torch"]))
+        step("tokenizer")
+        eb.Tokenizer.from_pretrained("org/every")
+        step("sharded")
+        same(eb.BigBirdModel.from_pretrained("org/sharded"), eb.BigBirdModel.from_pretrained(
+            dirs["sharded"]))
+        step("flax")
+        same(eb.BigBirdModel.from_pretrained("org/flax"), eb.BigBirdModel.from_pretrained(
+            dirs["flax"]))
+        for repo in ("org/empty", "org/nope"):
+            step(repo)
+            try:
+                eb.BigBirdModel.from_pretrained(repo)
+            except HubError as e:
+                print(e)
+        step("commit")
+        eb.BigBirdModel.from_pretrained("org/every", revision={B!r})
+        step("offline")
+        constants.HF_HUB_OFFLINE = True
+        eb.BigBirdModel.from_pretrained("org/every")
+        eb.BigBirdModel.from_pretrained("org/sharded")
+        step("end")
+    """, {"HF_ENDPOINT": local_hub, "HF_HUB_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "0"})
+    lines = out.splitlines()
+    assert "org/empty has no config.json" in lines[lines.index("org/empty") + 1]
+    assert "the repo holds ['README.md']" in lines[lines.index("org/empty") + 1]
+    assert "no such Hub repo" in lines[lines.index("org/nope") + 1]
+    downloads = [(repo, name) for method, repo, name in _Hub.log if method == "GET" and name]
     shards = sorted(f for f in os.listdir(hub.dirs["sharded"]) if f.endswith(".safetensors"))
-    assert online.fetched == ["config.json", "model.safetensors.index.json", *shards]
-    same_model(sharded, eb.BigBirdModel.from_pretrained(hub.dirs["sharded"]))
-    online.fetched.clear()
-    eb.BigBirdModel.from_pretrained("org/flax")
-    assert online.fetched == ["config.json", "flax_model.msgpack"]
-    with pytest.raises(HubError, match="no config.json.*the repo holds \\['README.md'\\]"):
-        eb.BigBirdModel.from_pretrained("org/empty")
-    # What was fetched is the cache now: offline, it loads again.
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    same_model(eb.BigBirdModel.from_pretrained("org/every"), model)
+    assert downloads == [  # one weights format of three; nothing twice; nothing once cached
+        ("org/every", "config.json"), ("org/every", "model.safetensors"),
+        ("org/every", "tokenizer.json"), ("org/every", "tokenizer_config.json"),
+        ("org/every", "special_tokens_map.json"),
+        ("org/sharded", "config.json"), ("org/sharded", "model.safetensors.index.json"),
+        *[("org/sharded", shard) for shard in shards],
+        ("org/flax", "config.json"), ("org/flax", "flax_model.msgpack"),
+    ]
+    # The commit in the cache and offline mode: no request at all after the last listing.
+    listings = [i for i, (_, _, name) in enumerate(_Hub.log) if name is None]
+    assert _Hub.log[listings[-1]][1] == "org/nope"
+    assert all(repo == "org/nope" for _, repo, _ in _Hub.log[listings[-1]:])
 
 
 def test_unreachable_hub_falls_back_to_the_cache(offline, monkeypatch):
