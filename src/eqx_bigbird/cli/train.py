@@ -41,7 +41,15 @@ from .._serialization import checkpoint_file
 from .._tree import array_leaves, path_str
 from ..data import listops
 from ..training import TrainState, make_train_step
-from .args import add_command, add_tokenizer, encoder_of, require_finite, require_positive
+from .args import (
+    add_command,
+    add_hub_flags,
+    add_tokenizer,
+    encoder_of,
+    hub_ids_to_paths,
+    require_finite,
+    require_positive,
+)
 from .health import Diverged, Health
 
 # Model presets: (hidden, layers, heads). "tiny" is the default: it learns ListOps' easy part
@@ -136,12 +144,13 @@ def _add_data_flags(p) -> None:
                    help=f"ListOps validation examples (default {d['val_size']})")
     p.add_argument("--test-size", type=int,
                    help=f"ListOps test examples (default {d['test_size']})")
-    p.add_argument("--init", metavar="CHECKPOINT", help="start the encoder from our checkpoint or "
-                   "an HF directory (a new classification head is initialised)")
+    p.add_argument("--init", metavar="CHECKPOINT", help="start the encoder from our checkpoint, "
+                   "an HF directory or a Hub repo id (a new classification head is initialised)")
+    add_hub_flags(p)
     p.add_argument("--data", metavar="FILE.jsonl", help="train on your documents instead: one "
                    '{"text": ..., "label": ...} per line, split 80/10/10 by --seed')
-    add_tokenizer(p, help="tokenizer folder for --data (default: the --init directory when it "
-                  "has one)")
+    add_tokenizer(p, help="tokenizer folder or Hub repo id for --data (default: --init's when "
+                  "it has one)")
 
 
 def _add_run_flags(p) -> None:
@@ -170,6 +179,7 @@ RUN_FIELDS = (
 
 def _resolve(args) -> dict:
     """The run's settings: explicit flags, else the defaults."""
+    hub_ids_to_paths(args, "init", with_tokenizer=bool(args.data))  # the run records the snapshot
     run = {name: getattr(args, name) for name in RUN_FIELDS}
     for name, value in DEFAULTS.items():
         if run[name] is None:
