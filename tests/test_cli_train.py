@@ -52,6 +52,7 @@ def test_run_and_resume_after_interrupt_equals_uninterrupted_run(tmp_path, capsy
         np.testing.assert_array_equal(x, y)
     ma, mb = (json.loads((tmp_path / x / "metrics.json").read_text()) for x in "ab")
     assert ma["history"] == mb["history"] and ma["evals"] == mb["evals"]
+    assert ma["warnings"] == mb["warnings"]
     assert ma["test_accuracy"] == mb["test_accuracy"]
 
 

@@ -11,9 +11,10 @@ import statistics
 import numpy as np
 
 # A spike: the mean loss of the last `SPIKE_WINDOW` steps exceeds `SPIKE_RATIO` x the lowest such
-# mean seen before. Healthy default runs (lr 1e-3, 5 seeds) never exceed 1.10x of their best
-# window; the lr 2e-3 run that collapsed (issue 17) went to 1.3x around step 300.
-SPIKE_WINDOW = 25
+# mean seen before. Measured on default-recipe runs (per-step losses of metrics.json): a healthy run
+# (lr 1e-3, seed 0, per-step std 0.22) peaked at 1.08x its best 50-step mean (1.13x over 25 steps);
+# falling back from the learned loss (~1.78) to the plateau (~2.25) is 1.26x.
+SPIKE_WINDOW = 50
 SPIKE_RATIO = 1.2
 # A collapse: one class takes at least this share of the predictions while it is less than half
 # of the true labels (a model that learned nothing predicts the majority class everywhere).
