@@ -14,7 +14,7 @@ import pytest
 
 import eqx_bigbird as eb
 
-from .hf_reference import _ROOT, _perturb_torch, hf_config, pytorch_model, torch, transformers
+from .hf_reference import _ROOT, _perturb_torch, hf_config, torch, transformers
 
 DECODER = dict(is_decoder=True, attention_type="original_full")
 # Beam search needs a vocabulary without near-ties and logits that are not flat: vocab 211, the
@@ -58,32 +58,18 @@ def assert_same(ours, ref, fill):
 # -- greedy search --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("prompt_len", [3, 6])
-def test_greedy_generate_matches_pytorch(prompt_len):
-    pt, path = pytorch_model("BigBirdForCausalLM", **DECODER)
-    model = eb.BigBirdForCausalLM.from_pretrained(path)
-    prompt = np.random.default_rng(prompt_len).integers(3, 99, (prompt_len,))
-    (ref,) = hf_generate(pt, prompt, max_new_tokens=12, do_sample=False)
-    ours = np.asarray(eb.generate(model, prompt, max_new_tokens=12))
-    assert ours.shape == (prompt_len + 12,)
-    # HF stops when the sequence ends (eos), returning fewer tokens; ours pads to full length.
-    assert_same(ours, ref, model.config.pad_token_id)
-    # Without stopping, the same greedy tokens up to the first eos.
-    free = np.asarray(eb.generate(model, prompt, max_new_tokens=12, eos_token_id=None))
-    np.testing.assert_array_equal(free[: len(ref)], ref)
-
-
-def test_generate_eos_then_padding():
-    """After eos every token is pad (HF's rule); checked with eos chosen as a token greedy emits."""
-    _, path = pytorch_model("BigBirdForCausalLM", **DECODER)
-    model = eb.BigBirdForCausalLM.from_pretrained(path)
-    prompt = np.array([5, 17, 42])
-    free = np.asarray(eb.generate(model, prompt, max_new_tokens=8, eos_token_id=None))
-    eos = int(free[4])
-    stopped = np.asarray(eb.generate(model, prompt, max_new_tokens=8, eos_token_id=eos, pad_token_id=0))
-    first = 3 + int(np.argmax(free[3:] == eos))
-    np.testing.assert_array_equal(stopped[: first + 1], free[: first + 1])
-    assert np.all(stopped[first + 1 :] == 0)
+def test_greedy_generate_matches_pytorch():
+    """Greedy search; after eos every token is pad (HF's rule; eos does occur here)."""
+    pt, model = sharp_decoder()
+    ended = 0
+    for prompt in PROMPTS:
+        (ref,) = hf_generate(pt, prompt, max_new_tokens=NEW, do_sample=False)
+        ours = np.asarray(eb.generate(model, prompt, max_new_tokens=NEW))
+        assert ours.shape == (5 + NEW,)
+        # HF stops when the sequence ends (eos), returning fewer tokens; ours pads to full length.
+        assert_same(ours, ref, PAD)
+        ended += len(ref) < 5 + NEW
+    assert 0 < ended < len(PROMPTS)
 
 
 @pytest.mark.parametrize(
@@ -121,7 +107,7 @@ BEAM_CASES = [
 @pytest.mark.parametrize("case", BEAM_CASES, ids=lambda c: "-".join(f"{v}" for v in c.values()))
 def test_beam_search_matches_pytorch(case):
     pt, model = sharp_decoder()
-    for prompt in PROMPTS[:4]:
+    for prompt in PROMPTS[:3]:
         (ref,) = hf_generate(pt, prompt, max_new_tokens=NEW, num_beams=4, **case)
         # HF's beam buffers are filled with `pad or eos`: eos here, since pad is 0.
         assert_same(eb.generate(model, prompt, max_new_tokens=NEW, num_beams=4, **case), ref, EOS)
@@ -143,27 +129,22 @@ def test_the_cases_are_not_trivial():
 
 
 def test_batches_through_vmap_match_pytorch_batched():
-    """Left-padded prompts of different lengths in one HF batch = `jax.vmap(generate)`: each row
-    stops on its own, which leaves the tokens HF's batch-wide loop gives."""
+    """Left-padded prompts of different lengths in one HF beam-search batch =
+    `jax.vmap(generate)`: each row stops on its own, which leaves the tokens HF's batch-wide loop
+    gives (its heuristic and finished set freeze per row)."""
     pt, model = sharp_decoder()
     ids = PROMPTS[:4].copy()
     mask = np.ones_like(ids)
     for row, pad in enumerate((0, 2, 1, 3)):
         ids[row, :pad], mask[row, :pad] = PAD, 0
-    for kwargs, fill in (
-        (dict(repetition_penalty=1.3, min_length=9), PAD),
-        (dict(num_beams=4, no_repeat_ngram_size=3, length_penalty=0.8), EOS),
-    ):
-        refs = hf_generate(pt, ids, mask, max_new_tokens=NEW, **kwargs)
-        run = jax.vmap(
-            lambda i, m: eb.generate(model, i, attention_mask=m, max_new_tokens=NEW, **kwargs)
-        )
-        ours = np.asarray(run(jnp.asarray(ids), jnp.asarray(mask)))
-        for row, ref in zip(ours, refs):
-            assert_same(row, ref, fill)
-        # Without a mask, HF's rule (ids != pad, as pad != eos) gives the same.
-        unmasked = eb.generate(model, ids[1], max_new_tokens=NEW, **kwargs)
-        np.testing.assert_array_equal(unmasked, ours[1])
+    kwargs = dict(num_beams=4, no_repeat_ngram_size=3, length_penalty=0.8, max_new_tokens=NEW)
+    refs = hf_generate(pt, ids, mask, **kwargs)
+    run = jax.vmap(lambda i, m: eb.generate(model, i, attention_mask=m, **kwargs))
+    ours = np.asarray(run(jnp.asarray(ids), jnp.asarray(mask)))
+    for row, ref in zip(ours, refs):
+        assert_same(row, ref, EOS)
+    # Without a mask, HF's rule (ids != pad, as pad != eos) gives the same.
+    np.testing.assert_array_equal(eb.generate(model, ids[1], **kwargs), ours[1])
 
 
 # -- sampling -------------------------------------------------------------------------------------
@@ -195,7 +176,9 @@ def test_sampling_follows_hf_warped_distribution(temperature, top_p):
             top_p=top_p, key=k,
         )[-1]
     )
-    tokens = np.asarray(sample(jr.split(jr.PRNGKey(int(temperature * 10)), n)))
+    keys = jr.split(jr.PRNGKey(int(temperature * 10)), n)
+    tokens = np.asarray(sample(keys))
+    np.testing.assert_array_equal(sample(keys), tokens)  # the key decides
     support = probs > 0
     assert support.sum() >= 4  # the test is about a real distribution
     assert np.all(support[tokens]), "sampled a token HF's warpers exclude"
@@ -208,20 +191,6 @@ def test_sampling_follows_hf_warped_distribution(temperature, top_p):
     keep = expected > 0
     stat = float((((counts - expected) ** 2)[keep] / expected[keep]).sum())
     assert chi2.sf(stat, keep.sum() - 1) > 1e-4, (stat, keep.sum())
-
-
-def test_sampling():
-    _, path = pytorch_model("BigBirdForCausalLM", **DECODER)
-    model = eb.BigBirdForCausalLM.from_pretrained(path)
-    prompt = np.array([5, 17, 42, 8])
-    gen = functools.partial(eb.generate, model, prompt, max_new_tokens=10, eos_token_id=None)
-    top1 = gen(do_sample=True, top_k=1, key=jr.PRNGKey(0))
-    np.testing.assert_array_equal(top1, gen())
-    a = gen(do_sample=True, temperature=3.0, key=jr.PRNGKey(1))
-    b = gen(do_sample=True, temperature=3.0, key=jr.PRNGKey(1))
-    c = gen(do_sample=True, temperature=3.0, key=jr.PRNGKey(2))
-    np.testing.assert_array_equal(a, b)
-    assert not np.array_equal(a, c)
     with pytest.raises(ValueError, match="key"):
         eb.generate(model, prompt, max_new_tokens=4, do_sample=True)
 
@@ -253,9 +222,10 @@ def test_defaults_come_from_the_checkpoint_as_in_hf(tmp_path):
     (legacy / "config.json").write_text(json.dumps({**config, **settings}))
     model = eb.BigBirdForCausalLM.from_pretrained(legacy)
     assert model.generation_config is None
-    ref = transformers.BigBirdForCausalLM.from_pretrained(legacy).eval()
-    (expected,) = hf_generate(ref, prompt)
-    assert_same(eb.generate(model, prompt), expected, EOS)
+    theirs = transformers.BigBirdForCausalLM.from_pretrained(legacy).generation_config
+    ours = eb._generate._model_generation_config(model)
+    for name in (*settings, "eos_token_id", "pad_token_id", "bos_token_id", "early_stopping"):
+        assert getattr(ours, name) == getattr(theirs, name), name
     # Arguments win over the checkpoint; HF's global max_length 20 means 20 new tokens.
     def shape(**kwargs):
         return jax.eval_shape(lambda: eb.generate(model, prompt, **kwargs)).shape
@@ -265,7 +235,7 @@ def test_defaults_come_from_the_checkpoint_as_in_hf(tmp_path):
     # A given GenerationConfig's non-default fields win; its defaults defer to the model's.
     assert shape(generation_config=eb.GenerationConfig(num_beams=2)) == (21,)
     fresh = eb.BigBirdForCausalLM.from_pretrained(modern, generation_config=eb.GenerationConfig())
-    assert shape_of(fresh, prompt) == (25,)
+    assert shape_of(fresh, prompt) == (25,)  # HF's global default: 20 new tokens
 
 
 def shape_of(model, prompt, **kwargs):
