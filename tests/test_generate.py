@@ -24,6 +24,8 @@ SHARP = dict(DECODER, vocab_size=211, max_position_embeddings=64)
 EOS, PAD = 2, 0
 NEW = 16
 PROMPTS = np.random.default_rng(0).integers(3, 211, (6, 5))
+# Beam search: prompts and a length where early_stopping True, False and "never" all differ.
+BEAM_PROMPTS, BEAM_NEW = np.random.default_rng(1).integers(3, 211, (24, 5))[[0, 3, 19]], 30
 
 
 @functools.cache
@@ -46,6 +48,17 @@ def hf_generate(pt, prompts, mask=None, **kwargs) -> list[np.ndarray]:
     with torch.no_grad():
         out = pt.generate(prompts, attention_mask=mask, **kwargs).numpy()
     return list(out)
+
+
+@functools.cache
+def _hf_one(prompt: tuple, kwargs: tuple) -> np.ndarray:
+    (ref,) = hf_generate(sharp_decoder()[0], np.array(prompt), **dict(kwargs))
+    return ref
+
+
+def hf_one(prompt, **kwargs) -> np.ndarray:
+    """HF's `generate` on one prompt of the sharp decoder, computed once per session."""
+    return _hf_one(tuple(int(t) for t in prompt), tuple(sorted(kwargs.items())))
 
 
 def assert_same(ours, ref, fill):
@@ -94,37 +107,46 @@ def test_greedy_with_processors_matches_pytorch(settings):
 # -- beam search ----------------------------------------------------------------------------------
 
 BEAM_CASES = [
-    dict(no_repeat_ngram_size=3, length_penalty=lp, early_stopping=es)
-    for lp in (0.8, 2.0)
-    for es in (True, False, "never")
-] + [
-    dict(length_penalty=0.8, early_stopping=False),
-    dict(length_penalty=2.0, early_stopping=True),
+    *(dict(no_repeat_ngram_size=3, length_penalty=lp, early_stopping=es)
+      for lp in (0.8, 2.0) for es in (True, False)),
+    dict(no_repeat_ngram_size=3, length_penalty=2.0, early_stopping="never"),
+    dict(length_penalty=0.8, early_stopping=False),  # no n-gram processor: another program
     dict(length_penalty=-0.5, early_stopping=False),
 ]
 
 
 @pytest.mark.parametrize("case", BEAM_CASES, ids=lambda c: "-".join(f"{v}" for v in c.values()))
 def test_beam_search_matches_pytorch(case):
-    pt, model = sharp_decoder()
-    for prompt in PROMPTS[:3]:
-        (ref,) = hf_generate(pt, prompt, max_new_tokens=NEW, num_beams=4, **case)
+    _, model = sharp_decoder()
+    for prompt in BEAM_PROMPTS:
+        ref = hf_one(prompt, max_new_tokens=BEAM_NEW, num_beams=4, **case)
         # HF's beam buffers are filled with `pad or eos`: eos here, since pad is 0.
-        assert_same(eb.generate(model, prompt, max_new_tokens=NEW, num_beams=4, **case), ref, EOS)
+        ours = eb.generate(model, prompt, max_new_tokens=BEAM_NEW, num_beams=4, **case)
+        assert_same(ours, ref, EOS)
 
 
 def test_the_cases_are_not_trivial():
     """The settings above change the result: beams differ from greedy, length penalties from each
-    other, and hypotheses end (eos) at several lengths."""
-    pt, _ = sharp_decoder()
-    greedy = hf_generate(pt, PROMPTS, max_new_tokens=NEW)
-    outs = {
-        lp: hf_generate(pt, PROMPTS, max_new_tokens=NEW, num_beams=4, length_penalty=lp)
-        for lp in (0.8, 2.0)
+    other, the three early_stopping values from each other, and hypotheses end (eos) at several
+    lengths. (HF's outputs, shared with the tests above.)"""
+    beams = {
+        tuple(c.items()): [hf_one(p, max_new_tokens=BEAM_NEW, num_beams=4, **c) for p in BEAM_PROMPTS]
+        for c in BEAM_CASES
     }
-    assert any(not np.array_equal(g, b) for g, b in zip(greedy, outs[0.8]))
-    assert any(not np.array_equal(a, b) for a, b in zip(outs[0.8], outs[2.0]))
-    lengths = {int(np.argmax(np.append(o[5:], EOS) == EOS)) for o in outs[0.8]}
+
+    def differ(a, b):
+        return any(len(x) != len(y) or np.any(x != y) for x, y in zip(beams[a], beams[b]))
+
+    def case(lp, es):
+        return (("no_repeat_ngram_size", 3), ("length_penalty", lp), ("early_stopping", es))
+
+    greedy = hf_generate(sharp_decoder()[0], BEAM_PROMPTS, max_new_tokens=BEAM_NEW)
+    assert any(not np.array_equal(g[: len(b)], b) for g, b in zip(greedy, beams[case(0.8, False)]))
+    assert differ(case(0.8, False), case(2.0, False))
+    assert differ(case(2.0, True), case(2.0, False))
+    assert differ(case(2.0, False), case(2.0, "never"))
+    assert differ(case(2.0, True), case(2.0, "never"))
+    lengths = {len(r) for refs in beams.values() for r in refs}
     assert len(lengths) >= 3, lengths
 
 
