@@ -130,7 +130,9 @@ def test_the_cases_are_not_trivial():
     other, the three early_stopping values from each other, and hypotheses end (eos) at several
     lengths. (HF's outputs, shared with the tests above.)"""
     beams = {
-        tuple(c.items()): [hf_one(p, max_new_tokens=BEAM_NEW, num_beams=4, **c) for p in BEAM_PROMPTS]
+        tuple(c.items()): [
+            hf_one(p, max_new_tokens=BEAM_NEW, num_beams=4, **c) for p in BEAM_PROMPTS
+        ]
         for c in BEAM_CASES
     }
 
@@ -228,7 +230,9 @@ def test_defaults_come_from_the_checkpoint_as_in_hf(tmp_path):
     settings = dict(num_beams=4, no_repeat_ngram_size=3, length_penalty=2.0, max_length=21)
     # generation_config.json, as HF writes it.
     modern = tmp_path / "modern"
-    pt.generation_config = transformers.GenerationConfig(**settings, eos_token_id=EOS, pad_token_id=PAD)
+    pt.generation_config = transformers.GenerationConfig(
+        **settings, eos_token_id=EOS, pad_token_id=PAD
+    )
     pt.save_pretrained(modern, safe_serialization=True)
     pt.generation_config = transformers.GenerationConfig.from_model_config(pt.config)
     model = eb.BigBirdForCausalLM.from_pretrained(modern)
@@ -265,7 +269,9 @@ def shape_of(model, prompt, **kwargs):
 
 
 def test_generation_config_round_trip_and_errors(tmp_path):
-    gc = eb.GenerationConfig(num_beams=3, length_penalty=0.8, early_stopping="never", eos_token_id=1)
+    gc = eb.GenerationConfig(
+        num_beams=3, length_penalty=0.8, early_stopping="never", eos_token_id=1
+    )
     gc.save(tmp_path)
     assert eb.GenerationConfig.from_pretrained(tmp_path) == gc
     hf = transformers.GenerationConfig.from_pretrained(tmp_path)

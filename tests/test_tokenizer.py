@@ -322,7 +322,8 @@ def pegasus_dirs(tmp_path_factory):
 def test_pegasus_matches_hf(pegasus_dirs, kind):
     fast, full, bare = pegasus_dirs
     tok = Tokenizer.from_pretrained(full if kind == "tokenizer.json" else bare)
-    assert (tok.pad_token_id, tok.sep_token, tok.sep_token_id, tok.mask_token_id) == (0, "</s>", 1, 3)
+    ids = (tok.pad_token_id, tok.sep_token, tok.sep_token_id, tok.mask_token_id)
+    assert ids == (0, "</s>", 1, 3)
     assert tok.unk_token_id == fast.unk_token_id == 105 and tok.vocab_size == len(fast)
     texts = [
         *PARAGRAPHS, *SPM_CORPUS, "x <pad> y </s> <mask_1> z <unk_7> <mask_2>",

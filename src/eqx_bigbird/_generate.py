@@ -257,8 +257,10 @@ def generate(
     }
     given = {k: v for k, v in given.items() if v is not None}
     tokens = {
-        "eos_token_id": eos_token_id, "pad_token_id": pad_token_id,
-        "decoder_start_token_id": decoder_start_token_id, "forced_eos_token_id": forced_eos_token_id,
+        "eos_token_id": eos_token_id,
+        "pad_token_id": pad_token_id,
+        "decoder_start_token_id": decoder_start_token_id,
+        "forced_eos_token_id": forced_eos_token_id,
     }
     given.update({k: v for k, v in tokens.items() if v is not ...})
     gc = resolve(_model_generation_config(model), generation_config, given)

@@ -120,7 +120,9 @@ class GenerationConfig:
             object.__setattr__(self, name, _token_id(name, getattr(self, name)))
 
     @classmethod
-    def from_dict(cls, raw: dict[str, Any], *, what: str = "GenerationConfig") -> "GenerationConfig":
+    def from_dict(
+        cls, raw: dict[str, Any], *, what: str = "GenerationConfig"
+    ) -> "GenerationConfig":
         """From a `generation_config.json`-style dict. Unknown keys raise (as do known options
         we do not implement, unless at their off value); bookkeeping keys are ignored."""
         fields = {f.name for f in dataclasses.fields(cls)}

@@ -305,7 +305,10 @@ def _load_sentencepiece(path: str, pegasus: _PegasusLayout | None = None) -> tok
         # PegasusConverter always prepends (its tokenizer has no add_prefix_space).
         prepend = "always"
         backend.pre_tokenizer = pre_tokenizers.Sequence(
-            [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Metaspace("▁", prepend_scheme=prepend)]
+            [
+                pre_tokenizers.WhitespaceSplit(),
+                pre_tokenizers.Metaspace("▁", prepend_scheme=prepend),
+            ]
         )
     metaspace = decoders.Metaspace(replacement="▁", prepend_scheme=prepend)
     backend.decoder = (
