@@ -1,5 +1,5 @@
 """Decoder mode: causal self-attention and cross-attention against HF, the KV cache against the
-uncached forward step by step, and `generate` against HF PyTorch's `generate`."""
+uncached forward step by step (`generate` itself: test_generate.py)."""
 
 import equinox as eqx
 import jax
@@ -119,57 +119,6 @@ def test_cached_decoding_equals_uncached_step_by_step(cross):
         assert int(cache.index) == t + 1
         full = run(model, ids[: t + 1], mask[: t + 1], **kw)
         assert_close(step.logits[0], full.logits[t], f"step {t}")
-
-
-@pytest.mark.parametrize("prompt_len", [3, 6])
-def test_greedy_generate_matches_pytorch(prompt_len):
-    pt, path = pytorch_model("BigBirdForCausalLM", **DECODER)
-    model = eb.BigBirdForCausalLM.from_pretrained(path)
-    rng = np.random.default_rng(prompt_len)
-    prompt = rng.integers(3, 99, (1, prompt_len))
-    new = 12
-    with torch.no_grad():
-        ref = pt.generate(
-            torch.tensor(prompt), attention_mask=torch.ones_like(torch.tensor(prompt)),
-            max_new_tokens=new, do_sample=False,
-        )[0].numpy()
-    ours = np.asarray(eb.generate(model, prompt[0], new))
-    assert ours.shape == (prompt_len + new,)
-    # HF stops when the sequence ends (eos), returning fewer tokens; ours pads to full length.
-    np.testing.assert_array_equal(ours[: len(ref)], ref)
-    assert np.all(ours[len(ref) :] == model.config.pad_token_id)
-    # Without stopping, the same greedy tokens up to the first eos.
-    free = np.asarray(eb.generate(model, prompt[0], new, eos_token_id=None))
-    np.testing.assert_array_equal(free[: len(ref)], ref)
-
-
-def test_generate_eos_then_padding():
-    """After eos every token is pad (HF's rule); checked with eos chosen as a token greedy emits."""
-    _, path = pytorch_model("BigBirdForCausalLM", **DECODER)
-    model = eb.BigBirdForCausalLM.from_pretrained(path)
-    prompt = np.array([5, 17, 42])
-    free = np.asarray(eb.generate(model, prompt, 8, eos_token_id=None))
-    eos = int(free[4])
-    stopped = np.asarray(eb.generate(model, prompt, 8, eos_token_id=eos, pad_token_id=0))
-    first = 3 + int(np.argmax(free[3:] == eos))
-    np.testing.assert_array_equal(stopped[: first + 1], free[: first + 1])
-    assert np.all(stopped[first + 1 :] == 0)
-
-
-def test_sampling():
-    _, path = pytorch_model("BigBirdForCausalLM", **DECODER)
-    model = eb.BigBirdForCausalLM.from_pretrained(path)
-    prompt = np.array([5, 17, 42, 8])
-    greedy = eb.generate(model, prompt, 10, eos_token_id=None)
-    top1 = eb.generate(model, prompt, 10, do_sample=True, top_k=1, key=jr.PRNGKey(0), eos_token_id=None)
-    np.testing.assert_array_equal(top1, greedy)
-    a = eb.generate(model, prompt, 10, do_sample=True, temperature=3.0, key=jr.PRNGKey(1), eos_token_id=None)
-    b = eb.generate(model, prompt, 10, do_sample=True, temperature=3.0, key=jr.PRNGKey(1), eos_token_id=None)
-    c = eb.generate(model, prompt, 10, do_sample=True, temperature=3.0, key=jr.PRNGKey(2), eos_token_id=None)
-    np.testing.assert_array_equal(a, b)
-    assert not np.array_equal(a, c)
-    with pytest.raises(ValueError, match="key"):
-        eb.generate(model, prompt, 4, do_sample=True)
 
 
 def test_block_sparse_decoder_config_warns_and_runs_full_attention():

@@ -293,3 +293,84 @@ def test_random_text_matches_hf(tok, hf, text, pair):
     ours = tok.encode(text, pair, truncation=False)
     theirs = hf(text, pair, return_offsets_mapping=True)
     _same(ours, theirs)
+
+
+@pytest.fixture(scope="module")
+def pegasus_dirs(tmp_path_factory):
+    """A tiny Pegasus tokenizer: SentencePiece trained offline with Pegasus' layout (pad 0, eos
+    1, unk 2, no bos), wrapped by HF's `PegasusTokenizerFast` and saved; plus a copy without
+    tokenizer.json (spiece.model and the configs only)."""
+    spm = pytest.importorskip("sentencepiece")
+    root = tmp_path_factory.mktemp("pegasus")
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter((SPM_CORPUS + PARAGRAPHS) * 10), model_writer=model,
+        vocab_size=300, model_type="unigram", pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
+        hard_vocab_limit=False, minloglevel=2,
+    )
+    (root / "spiece.model").write_bytes(model.getvalue())
+    fast = transformers.PegasusTokenizerFast(vocab_file=str(root / "spiece.model"), from_slow=True)
+    full, bare = root / "full", root / "bare"
+    fast.save_pretrained(full)
+    bare.mkdir()
+    for name in ("spiece.model", "tokenizer_config.json", "special_tokens_map.json"):
+        (bare / name).write_bytes((full / name).read_bytes())
+    return fast, full, bare
+
+
+@pytest.mark.parametrize("kind", ["tokenizer.json", "spiece.model only"])
+def test_pegasus_matches_hf(pegasus_dirs, kind):
+    fast, full, bare = pegasus_dirs
+    tok = Tokenizer.from_pretrained(full if kind == "tokenizer.json" else bare)
+    ids = (tok.pad_token_id, tok.sep_token, tok.sep_token_id, tok.mask_token_id)
+    assert ids == (0, "</s>", 1, 3)
+    assert tok.unk_token_id == fast.unk_token_id == 105 and tok.vocab_size == len(fast)
+    texts = [
+        *PARAGRAPHS, *SPM_CORPUS, "x <pad> y </s> <mask_1> z <unk_7> <mask_2>",
+        "  leading\tand\ntabs  ", "unseen ☃ letters ζ", "",
+    ]
+    for text in texts:
+        ours = tok.encode(text).input_ids.tolist()
+        theirs = fast(text)["input_ids"]
+        assert ours == theirs, text
+        assert tok.decode(ours) == fast.decode(theirs, skip_special_tokens=True), text
+    batch = tok.encode_batch(PARAGRAPHS[:3])
+    theirs = fast(PARAGRAPHS[:3], padding=True)
+    np.testing.assert_array_equal(batch.input_ids, theirs["input_ids"])
+    np.testing.assert_array_equal(batch.attention_mask, theirs["attention_mask"])
+
+
+def test_pegasus_conversion_is_hfs_pipeline(pegasus_dirs):
+    """From spiece.model alone we build the pipeline HF's PegasusConverter builds, part by part
+    (scores agree to JSON's float round trip)."""
+    import json
+
+    _, full, bare = pegasus_dirs
+    ours = json.loads(Tokenizer.from_pretrained(bare).backend.to_str())
+    theirs = json.loads((full / "tokenizer.json").read_text())
+    for part in ("normalizer", "pre_tokenizer", "post_processor", "decoder"):
+        assert ours[part] == theirs[part], part
+    assert ours["model"]["unk_id"] == theirs["model"]["unk_id"]
+    assert [p for p, _ in ours["model"]["vocab"]] == [p for p, _ in theirs["model"]["vocab"]]
+    np.testing.assert_allclose(
+        [s for _, s in ours["model"]["vocab"]], [s for _, s in theirs["model"]["vocab"]],
+        rtol=1e-12,
+    )
+
+    def added(t):
+        return sorted((a["id"], a["content"], a["special"], a["normalized"]) for a in t)
+
+    assert added(ours["added_tokens"]) == added(theirs["added_tokens"])
+
+
+def test_pegasus_nonstandard_layout_asks_for_tokenizer_json(pegasus_dirs, tmp_path):
+    import json
+
+    _, _, bare = pegasus_dirs
+    for name in ("spiece.model", "special_tokens_map.json"):
+        (tmp_path / name).write_bytes((bare / name).read_bytes())
+    config = json.loads((bare / "tokenizer_config.json").read_text())
+    config["additional_special_tokens"] = ["<mask_1>", "<extra>"]
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="tokenizer.json"):
+        Tokenizer.from_pretrained(tmp_path)

@@ -6,6 +6,7 @@ from ._bert import from_bert
 from ._config import BigBirdConfig
 from ._export import save_pretrained
 from ._generate import generate, init_cache
+from ._generation_config import GenerationConfig
 from ._heads import (
     BigBirdForCausalLM,
     BigBirdForMaskedLM,
@@ -98,6 +99,7 @@ __all__ = [
     "KVCache",
     "init_cache",
     "generate",
+    "GenerationConfig",
     # losses
     "IGNORE_INDEX",
     "masked_lm_loss",

@@ -9,6 +9,7 @@ reported as unused checkpoint keys).
 """
 
 import dataclasses
+import os
 
 import equinox as eqx
 import jax
@@ -20,6 +21,8 @@ from . import sparse_attention as sa
 from ._activations import ACTIVATIONS
 from ._attention import OutputAttentions
 from ._config import BigBirdConfig
+from ._generation_config import GenerationConfig
+from ._hub import HUB_OPTIONS, local_path
 from ._model import BigBirdModel, BigBirdModelOutput, KVCache
 from ._nn import normal_linear, one_example, per_token, resolve_inference, split_key
 from ._registry import register
@@ -353,12 +356,39 @@ class BigBirdForCausalLM(AbstractHead):
     """
 
     cls: BigBirdLMPredictionHead
+    generation_config: GenerationConfig | None = eqx.field(static=True, default=None, kw_only=True)
 
-    def __init__(self, config: BigBirdConfig, *, key: PRNGKeyArray, **options):
-        """**Arguments:** `config`, `key`, execution options (see `ExecutionOptions`)."""
+    def __init__(
+        self,
+        config: BigBirdConfig,
+        *,
+        key: PRNGKeyArray,
+        generation_config: GenerationConfig | None = None,
+        **options,
+    ):
+        """**Arguments:** `config`, `key`, `generation_config` (`generate`'s defaults; `None`:
+        the generation keys of `config`), execution options (see `ExecutionOptions`)."""
         kb, kc = jr.split(key)
         self._init_encoder(config, key=kb, add_pooling_layer=False, options=options)
         self.cls = BigBirdLMPredictionHead(config, key=kc)
+        self.generation_config = generation_config
+
+    @classmethod
+    def from_pretrained(cls, path, **kwargs):
+        """As `AbstractHead.from_pretrained`; also reads the directory's
+        `generation_config.json`, if any, into `generation_config` (as HF does)."""
+        if "generation_config" not in kwargs:
+            hub = {k: kwargs.pop(k) for k in HUB_OPTIONS if k in kwargs}
+            path = local_path(path, "model", **hub)  # a Hub id -> its snapshot directory
+            if os.path.isdir(path):
+                kwargs["generation_config"] = GenerationConfig.from_pretrained(path)
+        return super().from_pretrained(path, **kwargs)
+
+    def save_pretrained(self, path, **kwargs) -> None:
+        """As `AbstractHead.save_pretrained`, plus `generation_config.json` when one is set."""
+        super().save_pretrained(path, **kwargs)
+        if self.generation_config is not None:
+            self.generation_config.save(path)
 
     @one_example()
     def __call__(
@@ -399,6 +429,51 @@ class BigBirdForCausalLM(AbstractHead):
             attentions=out.attentions,
             cross_attentions=out.cross_attentions,
         )
+
+    # -- the decoding protocol of `eqx_bigbird.generate` --
+
+    def prepare_decoding(
+        self,
+        input_ids: Int[ArrayLike, " prompt"],
+        attention_mask: Int[ArrayLike, " prompt"] | Bool[ArrayLike, " prompt"],
+        max_new_tokens: int,
+        *,
+        encoder_hidden_states: Float[ArrayLike, "enc_seq hidden"] | None = None,
+        encoder_attention_mask: Int[ArrayLike, " enc_seq"] | Bool[ArrayLike, " enc_seq"]
+        | None = None,
+    ) -> tuple[dict, tuple[KVCache, Int[Array, ""]], Float[Array, " vocab"]]:
+        """Runs the prompt into a `KVCache` with room for `max_new_tokens` more positions, in
+        inference mode. Positions follow HF's `generate`: `cumsum(attention_mask) - 1` over the
+        prompt (1 on padding), then one more per new token.
+
+        **Returns:** `(shared, state, logits)`: the encoder states (for cross-attention) as
+        `shared`, `(cache, next position)` as `state`, and the next-token logits.
+        """
+        mask = jnp.asarray(attention_mask).astype(jnp.int32)
+        positions = jnp.where(mask == 0, 1, jnp.cumsum(mask) - 1).astype(jnp.int32)
+        if not self.config.is_decoder:
+            raise ValueError("decoding needs a decoder config (is_decoder=True)")
+        cache = KVCache.empty(self.config, mask.shape[0] + max_new_tokens)
+        shared = {
+            "encoder_hidden_states": encoder_hidden_states,
+            "encoder_attention_mask": encoder_attention_mask,
+        }
+        out = self(
+            input_ids, mask, position_ids=positions, past_key_values=cache, inference=True,
+            **shared,
+        )
+        return shared, (out.past_key_values, jnp.sum(mask).astype(jnp.int32)), out.logits[-1]
+
+    def decode_step(
+        self, shared: dict, state: tuple[KVCache, Int[Array, ""]], token: Int[Array, ""]
+    ) -> tuple[tuple[KVCache, Int[Array, ""]], Float[Array, " vocab"]]:
+        """Appends `token` at the state's position. **Returns:** `(state, next-token logits)`."""
+        cache, position = state
+        out = self(
+            token[None], jnp.ones((1,), jnp.int32), position_ids=position[None],
+            past_key_values=cache, inference=True, **shared,
+        )
+        return (out.past_key_values, position + 1), out.logits[0].astype(jnp.float32)
 
 
 class BigBirdClassificationHead(eqx.Module):

@@ -25,6 +25,8 @@ CONFIG = "config.json"
 GENERATION_CONFIG = "generation_config.json"
 _TOKENIZERS = (TOKENIZER_JSON, *SENTENCEPIECE_MODELS)  # one of these, in order of preference
 
+# The keyword options every loader forwards to `local_path`.
+HUB_OPTIONS = ("revision", "cache_dir", "local_files_only", "token")
 _COMMIT = re.compile(r"[0-9a-f]{40}")
 
 # "model": config.json and one weights file (plus generation_config.json where the repo has it);

@@ -2,8 +2,11 @@
 
 A directory with a `tokenizer.json` (any HF fast tokenizer) is loaded as it is. A directory with
 only a SentencePiece `spiece.model` (BigBird's original releases) is converted into the same kind of
-pipeline the way HF's `BigBirdTokenizerFast` converts it, so that both kinds of directory behave
-alike: same truncation, offsets and padding code.
+pipeline the way HF's `BigBirdTokenizerFast` converts it, or, when its `tokenizer_config.json`
+names a Pegasus tokenizer (BigBird-Pegasus), the way `PegasusTokenizerFast` does (HF's default
+layout: the special tokens and `<unk_2..offset-1>` first, pieces shifted by `offset`, `X </s>`).
+Both kinds of directory behave alike: same truncation, offsets and padding code. The conversion
+needs the `sentencepiece` package (not transformers); other layouts need a tokenizer.json.
 """
 
 import dataclasses
@@ -160,6 +163,9 @@ class _SpmSpec:
     # What the sentencepiece Python API does not expose, read from its serialized `ModelProto`
     # (field numbers from sentencepiece_model.proto).
     piece_types: list[int]  # 1 normal, 2 unknown, 3 control, 4 user defined, 5 unused, 6 byte
+    # The stored float32 scores (the Python API's `get_score` rounds them differently from the
+    # protobuf HF's converters read).
+    scores: list[float] = dataclasses.field(default_factory=list)
     model_type: int = 1  # 1 unigram, 2 BPE, 3 word, 4 char
     byte_fallback: bool = False
     charsmap: bytes = b""
@@ -170,11 +176,14 @@ def _read_spm_spec(proto: bytes) -> _SpmSpec:
     spec = _SpmSpec(piece_types=[])
     for field, value in _proto_fields(proto):
         if field == 1:  # pieces
-            kind = 1
+            kind, score = 1, 0.0
             for f, v in _proto_fields(value):
-                if f == 3:
+                if f == 2:
+                    score = float(np.frombuffer(v, "<f4")[0])
+                elif f == 3:
                     kind = v
             spec.piece_types.append(kind)
+            spec.scores.append(score)
         elif field == 2:  # trainer_spec
             for f, v in _proto_fields(value):
                 if f == 3:
@@ -190,8 +199,65 @@ def _read_spm_spec(proto: bytes) -> _SpmSpec:
     return spec
 
 
-def _load_sentencepiece(path: str) -> tokenizers.Tokenizer:
-    """A `tokenizers` Unigram pipeline equivalent to the SentencePiece model at `path`."""
+@dataclasses.dataclass(frozen=True)
+class _PegasusLayout:
+    """HF's `PegasusTokenizer` vocabulary around a SentencePiece model: `pad`, `eos`, the two
+    mask tokens, `<unk_2>` ... `<unk_{offset-1}>`, then the SentencePiece pieces from id 2 on
+    (shifted by `offset`); encodings end with `eos`."""
+
+    pad: str = "<pad>"
+    eos: str = "</s>"
+    mask_sent: str | None = "<mask_1>"
+    mask: str | None = "<mask_2>"
+    offset: int = 103
+
+    def head(self) -> list[str]:
+        return [self.pad, self.eos, *(t for t in (self.mask_sent, self.mask) if t is not None)]
+
+    def unks(self) -> list[str]:
+        return [f"<unk_{i}>" for i in range(2, self.offset)]
+
+
+def _pegasus_layout(folder: str) -> _PegasusLayout | None:
+    """The layout a `tokenizer_config.json` naming a Pegasus tokenizer asks for, else `None`."""
+    path = os.path.join(folder, "tokenizer_config.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        try:
+            config = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path} is not valid JSON: {e}") from None
+    if not str(config.get("tokenizer_class", "")).startswith("Pegasus"):
+        return None
+    default = _PegasusLayout()
+    names = {
+        field: _token_name(config[key]) if key in config else getattr(default, field)
+        for field, key in (
+            ("pad", "pad_token"), ("eos", "eos_token"), ("mask_sent", "mask_token_sent"),
+            ("mask", "mask_token"),
+        )
+    }
+    offset = config.get("offset", default.offset)
+    if not isinstance(offset, int) or isinstance(offset, bool) or offset < 2:
+        raise ValueError(f"{path}: offset={offset!r} must be an int >= 2")
+    layout = _PegasusLayout(**names, offset=offset)
+    if names["pad"] is None or names["eos"] is None:
+        raise ValueError(f"{path}: a Pegasus tokenizer needs pad_token and eos_token")
+    extra = config.get("additional_special_tokens")
+    standard = [t for t in layout.head()[2:] + layout.unks() if t != layout.mask]
+    if extra is not None and [_token_name(t) for t in extra] != standard:
+        raise ValueError(
+            f"{path}: non-standard Pegasus additional_special_tokens; only HF's default layout "
+            f"is converted from spiece.model. Write tokenizer.json with HF: "
+            "PegasusTokenizerFast.from_pretrained(folder).save_pretrained(folder)"
+        )
+    return layout
+
+
+def _load_sentencepiece(path: str, pegasus: _PegasusLayout | None = None) -> tokenizers.Tokenizer:
+    """A `tokenizers` Unigram pipeline equivalent to the SentencePiece model at `path`, as HF's
+    `BigBirdTokenizerFast` (or, given a `pegasus` layout, `PegasusTokenizerFast`) converts it."""
     try:
         import sentencepiece
     except ImportError:
@@ -212,9 +278,18 @@ def _load_sentencepiece(path: str) -> tokenizers.Tokenizer:
             "supported without a tokenizer.json"
         )
     size = sp.get_piece_size()
-    vocab = [(sp.id_to_piece(i), sp.get_score(i)) for i in range(size)]
+    vocab = [(sp.id_to_piece(i), spec.scores[i]) for i in range(size)]
+    kinds, unk_id = spec.piece_types, sp.unk_id()
+    if pegasus is not None:
+        # As HF's PegasusConverter: its special tokens replace SentencePiece's ids 0 and 1.
+        head, unks = pegasus.head(), pegasus.unks()
+        if sp.unk_id() < 2:
+            raise ValueError(f"{path}: a Pegasus SentencePiece model has its unk piece at id >= 2")
+        vocab = [(t, 0.0) for t in head] + [(t, -100.0) for t in unks] + vocab[2:]
+        kinds = [3] * (len(head) + len(unks)) + kinds[2:]
+        unk_id = sp.unk_id() - 2 + len(head) + len(unks)
     backend = tokenizers.Tokenizer(
-        tokenizers.models.Unigram(vocab, unk_id=sp.unk_id(), byte_fallback=spec.byte_fallback)
+        tokenizers.models.Unigram(vocab, unk_id=unk_id, byte_fallback=spec.byte_fallback)
     )
     # As HF's SpmConverter: the precompiled NFKC-like map, then its whitespace handling.
     steps = [
@@ -226,6 +301,15 @@ def _load_sentencepiece(path: str) -> tokenizers.Tokenizer:
     backend.normalizer = normalizers.Sequence(steps)
     prepend = "always" if spec.add_dummy_prefix else "never"
     backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme=prepend)
+    if pegasus is not None:
+        # PegasusConverter always prepends (its tokenizer has no add_prefix_space).
+        prepend = "always"
+        backend.pre_tokenizer = pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.WhitespaceSplit(),
+                pre_tokenizers.Metaspace("▁", prepend_scheme=prepend),
+            ]
+        )
     metaspace = decoders.Metaspace(replacement="▁", prepend_scheme=prepend)
     backend.decoder = (
         decoders.Sequence([decoders.ByteFallback(), metaspace]) if spec.byte_fallback else metaspace
@@ -234,10 +318,17 @@ def _load_sentencepiece(path: str) -> tokenizers.Tokenizer:
     # on decode. Both must bypass the model, which would split them.
     added = [
         AddedToken(piece, normalized=False, special=kind == 3)
-        for (piece, _), kind in zip(vocab, spec.piece_types)
+        for (piece, _), kind in zip(vocab, kinds)
         if kind in (3, 4)
     ]
     backend.add_tokens(added)
+    if pegasus is not None:
+        unk = vocab[unk_id][0]
+        backend.add_special_tokens([AddedToken(unk, normalized=False, special=True)])
+        backend.post_processor = processors.TemplateProcessing(
+            single=f"$A:0 {pegasus.eos}:0", pair=f"$A:0 $B:0 {pegasus.eos}:0",
+            special_tokens=[(pegasus.eos, 1)],
+        )
     return backend
 
 
@@ -293,7 +384,8 @@ class Tokenizer:
         local_files_only: bool = False,
         token: str | bool | None = None,
     ) -> "Tokenizer":
-        """Loads `folder/tokenizer.json`, else `folder/spiece.model` (needs `sentencepiece`).
+        """Loads `folder/tokenizer.json`, else `folder/spiece.model` (needs `sentencepiece`;
+        converted as BigBird's, or as Pegasus' when `tokenizer_config.json` says so).
 
         `folder` may be a Hub repo id (`org/name`), resolved through the HF cache with `revision`,
         `cache_dir`, `local_files_only` and `token` (see `_hub.local_path`); only the tokenizer
@@ -318,10 +410,12 @@ class Tokenizer:
         spm_paths = [os.path.join(folder, f) for f in SENTENCEPIECE_MODELS]
         spm_path = next((p for p in spm_paths if os.path.isfile(p)), None)
         from_json = os.path.isfile(json_path)
+        pegasus = None
         if from_json:
             backend = tokenizers.Tokenizer.from_file(json_path)
         elif spm_path is not None:
-            backend = _load_sentencepiece(spm_path)
+            pegasus = _pegasus_layout(folder)
+            backend = _load_sentencepiece(spm_path, pegasus)
         else:
             raise FileNotFoundError(
                 f"no tokenizer in {folder!r}: looked for {TOKENIZER_JSON} or "
@@ -332,7 +426,7 @@ class Tokenizer:
                 found = [t for t in _CANDIDATES[role] if backend.token_to_id(t) is not None]
                 if found:
                     names[role] = found[0]
-        if not from_json:
+        if not from_json and pegasus is None:
             _finish_sentencepiece(backend, names)
         return cls(
             backend,
