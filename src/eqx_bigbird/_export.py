@@ -13,9 +13,9 @@ import jax
 import msgpack
 import numpy as np
 
-from ._hf_names import hf_name_of, hf_names, saved_name, tied_names
+from ._hf_names import hf_name_of, hf_names, layer_count, saved_name, tied_names
 from ._hf_read import FLAX_MSGPACK, SAFETENSORS
-from ._io import atomic_writer, atomic_write_text, write_safetensors
+from ._io import atomic_write_text, atomic_writer, write_safetensors
 from ._tree import array_leaves, path_str
 
 # Flax splits arrays above this many bytes into chunks (flax.serialization.MAX_CHUNK_SIZE).
@@ -32,7 +32,7 @@ _MODULE_KINDS = {
 def _module_kinds(model) -> dict[str, str]:
     """Our leaf path -> the kind of module that holds it, for the leaves of those in
     `_MODULE_KINDS`."""
-    is_module = lambda x: type(x) in _MODULE_KINDS  # noqa: E731
+    is_module = lambda x: type(x) in _MODULE_KINDS
     kinds = {}
     for path, node in jax.tree_util.tree_flatten_with_path(model, is_leaf=is_module)[0]:
         if is_module(node):
@@ -57,10 +57,10 @@ def hf_state(model, *, include_tied: bool = False) -> list[tuple[str, np.ndarray
         kind = kinds.get(ours, "other")
         value = np.asarray(leaf)  # no copy on CPU
         if "{i}" in pattern:
-            if value.shape[0] != config.num_hidden_layers:
+            if value.shape[0] != layer_count(cls, config, pattern):
                 raise ValueError(
                     f"{ours}: {value.shape[0]} stacked layers, config says "
-                    f"{config.num_hidden_layers}"
+                    f"{layer_count(cls, config, pattern)}"
                 )
             out.extend((pattern.format(i=i), value[i], kind) for i in range(value.shape[0]))
         else:
