@@ -15,7 +15,7 @@ import numpy as np
 
 from ._hf_names import hf_name_of, hf_names, layer_count, saved_name, tied_names
 from ._hf_read import FLAX_MSGPACK, SAFETENSORS
-from ._io import atomic_write_text, atomic_writer, write_safetensors
+from ._io import atomic_writer, atomic_write_text, write_safetensors
 from ._tree import array_leaves, path_str
 
 # Flax splits arrays above this many bytes into chunks (flax.serialization.MAX_CHUNK_SIZE).
@@ -32,7 +32,7 @@ _MODULE_KINDS = {
 def _module_kinds(model) -> dict[str, str]:
     """Our leaf path -> the kind of module that holds it, for the leaves of those in
     `_MODULE_KINDS`."""
-    is_module = lambda x: type(x) in _MODULE_KINDS
+    is_module = lambda x: type(x) in _MODULE_KINDS  # noqa: E731
     kinds = {}
     for path, node in jax.tree_util.tree_flatten_with_path(model, is_leaf=is_module)[0]:
         if is_module(node):

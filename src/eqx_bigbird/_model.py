@@ -153,7 +153,7 @@ def layer_plans(config, options, seq, padded, random_plan, key, inference):
         ]))
     if inference:
         return sa.EvalPlan(r)
-    draw = lambda k: sa.random_plan(k, c.num_attention_heads, nb, r)
+    draw = lambda k: sa.random_plan(k, c.num_attention_heads, nb, r)  # noqa: E731
     return jax.vmap(draw)(jr.split(key, c.num_hidden_layers))
 
 
@@ -395,8 +395,8 @@ class BigBirdModel(eqx.Module):
 
 
 def with_options(model, **changes):
-    """`model` (a `BigBirdModel`, or any module holding them: a task head) with new execution
-    options (`ExecutionOptions` fields); the weights are shared.
+    """`model` (a `BigBirdModel` or a BigBird-Pegasus model, or any module holding one: a task
+    head) with new execution options (`ExecutionOptions` fields); the weights are shared.
 
     E.g. `with_options(head, gradient_checkpointing="dots_with_no_batch_dims_saveable",
     compute_dtype="bfloat16")` before building a train step.
@@ -406,13 +406,16 @@ def with_options(model, **changes):
         raise TypeError(f"with_options: unknown option(s) {sorted(unknown)}")
 
     def change(node):
-        if not isinstance(node, BigBirdModel):
+        if not is_model(node):
             return node
-        new = object.__new__(BigBirdModel)  # a copy with one static field changed
+        new = object.__new__(type(node))  # a copy with one static field changed
         for f in dataclasses.fields(node):
             object.__setattr__(new, f.name, getattr(node, f.name))
         object.__setattr__(new, "options", dataclasses.replace(node.options, **changes))
         return new
 
-    is_model = lambda x: isinstance(x, BigBirdModel)
+    # Every module that owns options: `BigBirdModel`, the Pegasus base model and causal LM.
+    is_model = lambda x: isinstance(x, eqx.Module) and isinstance(  # noqa: E731
+        getattr(x, "options", None), ExecutionOptions
+    )
     return jax.tree_util.tree_map(change, model, is_leaf=is_model)

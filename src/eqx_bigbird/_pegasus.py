@@ -36,8 +36,10 @@ from ._registry import register
 
 LAYER_NORM_EPS = 1e-5  # HF's `nn.LayerNorm(d)`: not configurable
 MaskLike = Int[ArrayLike, " seq"] | Bool[ArrayLike, " seq"]
+DecoderMaskLike = Int[ArrayLike, " dec_seq"] | Bool[ArrayLike, " dec_seq"]
 Attentions = Float[Array, "layers heads seq kv"] | sa.BlockedProbs | None
 HiddenStates = Float[Array, "layers_plus_1 seq hidden"] | None
+DecoderHiddenStates = Float[Array, "layers_plus_1 dec_seq hidden"] | None
 
 
 def shift_tokens_right(
@@ -398,7 +400,7 @@ class Seq2SeqModelOutput(eqx.Module):
 
     last_hidden_state: Float[Array, "dec_seq hidden"]
     encoder_last_hidden_state: Float[Array, "seq hidden"]
-    decoder_hidden_states: HiddenStates = None
+    decoder_hidden_states: DecoderHiddenStates = None
     decoder_attentions: Float[Array, "layers heads dec_seq dec_seq"] | None = None
     cross_attentions: Float[Array, "layers heads dec_seq seq"] | None = None
     encoder_hidden_states: HiddenStates = None
@@ -410,7 +412,7 @@ class Seq2SeqLMOutput(eqx.Module):
 
     logits: Float[Array, "dec_seq vocab"]
     encoder_last_hidden_state: Float[Array, "seq hidden"]
-    decoder_hidden_states: HiddenStates = None
+    decoder_hidden_states: DecoderHiddenStates = None
     decoder_attentions: Float[Array, "layers heads dec_seq dec_seq"] | None = None
     cross_attentions: Float[Array, "layers heads dec_seq seq"] | None = None
     encoder_hidden_states: HiddenStates = None
@@ -422,7 +424,7 @@ class Seq2SeqSequenceClassifierOutput(eqx.Module):
 
     logits: Float[Array, " labels"]
     encoder_last_hidden_state: Float[Array, "seq hidden"]
-    decoder_hidden_states: HiddenStates = None
+    decoder_hidden_states: DecoderHiddenStates = None
     decoder_attentions: Float[Array, "layers heads dec_seq dec_seq"] | None = None
     cross_attentions: Float[Array, "layers heads dec_seq seq"] | None = None
     encoder_hidden_states: HiddenStates = None
@@ -436,7 +438,7 @@ class Seq2SeqQuestionAnsweringModelOutput(eqx.Module):
     start_logits: Float[Array, " dec_seq"]
     end_logits: Float[Array, " dec_seq"]
     encoder_last_hidden_state: Float[Array, "seq hidden"]
-    decoder_hidden_states: HiddenStates = None
+    decoder_hidden_states: DecoderHiddenStates = None
     decoder_attentions: Float[Array, "layers heads dec_seq dec_seq"] | None = None
     cross_attentions: Float[Array, "layers heads dec_seq seq"] | None = None
     encoder_hidden_states: HiddenStates = None
@@ -542,7 +544,7 @@ class BigBirdPegasusModel(_Loadable):
         ids = _ids(input_ids, "input_ids", seq, c.vocab_size)
         mask = _mask(attention_mask, "attention_mask", seq)
         h, hidden, attentions = self.encoder(
-            self.options.cast(self.shared.weight), ids, mask, config=c, options=self.options,
+            self.shared.weight, ids, mask, config=c, options=self.options,
             random_plan=random_plan, key=key, inference=inference,
             output_hidden_states=output_hidden_states, output_attentions=output_attentions,
         )
@@ -551,7 +553,7 @@ class BigBirdPegasusModel(_Loadable):
     def decode(
         self,
         decoder_input_ids: Int[ArrayLike, " dec_seq"],
-        decoder_attention_mask: MaskLike | None,
+        decoder_attention_mask: DecoderMaskLike | None,
         encoder_states: Float[Array, "seq hidden"] | None,
         encoder_mask: Float[Array, " seq"] | None,
         *,
@@ -575,7 +577,7 @@ class BigBirdPegasusModel(_Loadable):
         mask = _mask(decoder_attention_mask, "decoder_attention_mask", seq)
         positions = jnp.arange(seq, dtype=jnp.int32)
         return self.decoder(
-            self.options.cast(self.shared.weight), ids, _causal_mask(mask, positions), positions,
+            self.shared.weight, ids, _causal_mask(mask, positions), positions,
             config=c, options=self.options, encoder_states=encoder_states, cross_mask=encoder_mask,
             key=key, inference=inference, output_hidden_states=output_hidden_states,
             output_attentions=output_attentions,
@@ -587,7 +589,7 @@ class BigBirdPegasusModel(_Loadable):
         input_ids: Int[ArrayLike, " seq"],
         attention_mask: MaskLike | None = None,
         decoder_input_ids: Int[ArrayLike, " dec_seq"] | None = None,
-        decoder_attention_mask: MaskLike | None = None,
+        decoder_attention_mask: DecoderMaskLike | None = None,
         *,
         random_plan: Int[ArrayLike, "layers heads rows r"] | None = None,
         key: PRNGKeyArray | None = None,
@@ -652,7 +654,7 @@ class BigBirdPegasusModel(_Loadable):
     def step(self, shared: EncoderDecoderShared, state: KVCache, tokens: Int[Array, " n"]):
         """Runs `tokens` at the cache's next positions. **Returns:** `(state, decoder states)`."""
         return _cached_step(
-            self.decoder, self.options.cast(self.shared.weight), self.config, self.options,
+            self.decoder, self.shared.weight, self.config, self.options,
             shared, state, tokens, jnp.ones(tokens.shape, jnp.float32),
         )
 
@@ -762,7 +764,7 @@ class BigBirdPegasusForConditionalGeneration(_Seq2SeqHead):
         input_ids: Int[ArrayLike, " seq"],
         attention_mask: MaskLike | None = None,
         decoder_input_ids: Int[ArrayLike, " dec_seq"] | None = None,
-        decoder_attention_mask: MaskLike | None = None,
+        decoder_attention_mask: DecoderMaskLike | None = None,
         *,
         random_plan: Int[ArrayLike, "layers heads rows r"] | None = None,
         key: PRNGKeyArray | None = None,
@@ -849,7 +851,7 @@ class BigBirdPegasusForSequenceClassification(_Seq2SeqHead):
         input_ids: Int[ArrayLike, " seq"],
         attention_mask: MaskLike | None = None,
         decoder_input_ids: Int[ArrayLike, " dec_seq"] | None = None,
-        decoder_attention_mask: MaskLike | None = None,
+        decoder_attention_mask: DecoderMaskLike | None = None,
         *,
         random_plan: Int[ArrayLike, "layers heads rows r"] | None = None,
         key: PRNGKeyArray | None = None,
@@ -899,7 +901,7 @@ class BigBirdPegasusForQuestionAnswering(_Seq2SeqHead):
         input_ids: Int[ArrayLike, " seq"],
         attention_mask: MaskLike | None = None,
         decoder_input_ids: Int[ArrayLike, " dec_seq"] | None = None,
-        decoder_attention_mask: MaskLike | None = None,
+        decoder_attention_mask: DecoderMaskLike | None = None,
         *,
         random_plan: Int[ArrayLike, "layers heads rows r"] | None = None,
         key: PRNGKeyArray | None = None,
@@ -967,7 +969,8 @@ class BigBirdPegasusForCausalLM(_Loadable):
         attention_mask: MaskLike | None = None,
         *,
         encoder_hidden_states: Float[ArrayLike, "enc_seq hidden"] | None = None,
-        encoder_attention_mask: MaskLike | None = None,
+        encoder_attention_mask: Int[ArrayLike, " enc_seq"] | Bool[ArrayLike, " enc_seq"]
+        | None = None,
         key: PRNGKeyArray | None = None,
         inference: bool | None = None,
         output_hidden_states: bool = False,
@@ -997,7 +1000,7 @@ class BigBirdPegasusForCausalLM(_Loadable):
             raise ValueError("encoder_attention_mask given without encoder_hidden_states")
         positions = jnp.arange(seq, dtype=jnp.int32)
         dec = self.decoder(
-            self.options.cast(self.embed_tokens.weight), ids, _causal_mask(mask, positions),
+            self.embed_tokens.weight, ids, _causal_mask(mask, positions),
             positions, config=c, options=self.options, encoder_states=states,
             cross_mask=enc_mask, key=key, inference=inference,
             output_hidden_states=output_hidden_states, output_attentions=output_attentions,
@@ -1023,7 +1026,7 @@ class BigBirdPegasusForCausalLM(_Loadable):
         ids = _ids(input_ids, "input_ids", seq, c.vocab_size)
         state = _empty_cache(c, seq + max_new_tokens, self.embed_tokens.weight.dtype)
         state, h = _cached_step(
-            self.decoder, self.options.cast(self.embed_tokens.weight), c, self.options, None,
+            self.decoder, self.embed_tokens.weight, c, self.options, None,
             state, ids, _mask(attention_mask, "attention_mask", seq),
         )
         return None, state, self.logits(h[-1:])[0].astype(jnp.float32)
@@ -1033,7 +1036,7 @@ class BigBirdPegasusForCausalLM(_Loadable):
     ) -> tuple[KVCache, Float[Array, " vocab"]]:
         """Appends `token`. **Returns:** `(new state, float32 next-token logits)`."""
         state, h = _cached_step(
-            self.decoder, self.options.cast(self.embed_tokens.weight), self.config, self.options,
+            self.decoder, self.embed_tokens.weight, self.config, self.options,
             shared, state, jnp.asarray(token, jnp.int32)[None], jnp.ones((1,), jnp.float32),
         )
         return state, self.logits(h)[0].astype(jnp.float32)
