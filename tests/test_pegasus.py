@@ -143,12 +143,12 @@ def test_base_classification_and_qa_against_pytorch(overrides, length):
 
 
 def test_sequence_classification_pools_the_last_eos():
-    pt, ours = _loaded(eb.BigBirdPegasusForSequenceClassification, FULL)
-    ids, mask, _ = make_inputs(30, seed=1)
+    pt, ours = _loaded(eb.BigBirdPegasusForSequenceClassification, {**FULL, "num_labels": 3})
+    ids, mask, _ = make_inputs(20, seed=1)
     ids[:, 10] = 1  # two eos per row: HF pools the last
     assert_close(run_ours(ours, ids, mask).logits, run_hf(pt, ids, mask).logits, "two eos")
     with pytest.raises(Exception, match="eos"):
-        ours(np.full((30,), 5))
+        run_ours(ours, np.full((2, 20), 5), mask)
 
 
 @pytest.mark.parametrize("cross", [False, True])
@@ -173,7 +173,7 @@ def test_causal_lm_against_pytorch(cross):
     assert_close(out.hidden_states, _stacked(ref.hidden_states), "hidden_states")
 
 
-@settings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(length=st.integers(1, 100), data=st.data())
 def test_property_lengths_and_masks(length, data):
     """Random lengths on either side of every edge and random masks (first token kept)."""
@@ -199,13 +199,20 @@ def _labels(dec_len, seed):
     return labels
 
 
-def test_training_mode_gradients_against_pytorch_autograd():
-    """HF PyTorch in training mode runs its fixed, numpy-seeded plan per layer:
-    `random_attention="fixed"`. Block-sparse at 163 tokens (auto-padded), loss with label
-    smoothing; every parameter's gradient within 1e-4 relative to its largest entry."""
+def test_train_step_gradients_against_pytorch_autograd():
+    """`make_train_step` with `seq2seq_lm_loss` (label smoothing 0.1) under gradient
+    checkpointing: its SGD update is `-lr * grad`, and every parameter's gradient is HF PyTorch
+    autograd's within 1e-4 relative to its largest entry. HF in training mode runs its fixed,
+    numpy-seeded plan per layer, which is `random_attention="fixed"`; block-sparse at 163 tokens
+    (auto-padded), dropout 0."""
+    import optax
+
+    from eqx_bigbird import training
+    from eqx_bigbird._export import hf_state
+
     pt, path = pytorch_model("BigBirdPegasusForConditionalGeneration", **TRAIN)
     ours = eb.BigBirdPegasusForConditionalGeneration.from_pretrained(
-        path, random_attention="fixed"
+        path, random_attention="fixed", gradient_checkpointing="dots_with_no_batch_dims_saveable"
     )
     ids, mask, _ = make_inputs(163, seed=9)
     labels = _labels(7, seed=10)
@@ -222,21 +229,30 @@ def test_training_mode_gradients_against_pytorch_autograd():
     pt.eval()
     theirs = {k: v.grad.numpy() for k, v in pt.named_parameters() if v.grad is not None}
 
-    def loss_fn(model):
-        out = jax.vmap(lambda *a: model(*a, key=jr.PRNGKey(0), inference=False))(ids, mask, dec)
-        return eb.seq2seq_lm_loss(out.logits, labels, label_smoothing=0.1), out.logits
+    def loss_fn(model, batch, *, key):
+        keys = jr.split(key, batch["ids"].shape[0])
+        out = jax.vmap(lambda i, m, d, k: model(i, m, d, key=k, inference=False))(
+            batch["ids"], batch["mask"], batch["dec"], keys
+        )
+        return eb.seq2seq_lm_loss(out.logits, batch["labels"], label_smoothing=0.1)
 
-    grad_fn = eqx.filter_jit(eqx.filter_value_and_grad(loss_fn, has_aux=True))
-    (value, our_logits), grads = grad_fn(ours)
-    assert_close(our_logits, logits, "training logits")
-    np.testing.assert_allclose(float(value), loss.item(), rtol=1e-5)
-    from eqx_bigbird._export import hf_state
-
-    ours_by_name = {name: value for name, value, _ in hf_state(grads)}
-    assert set(theirs) <= set(ours_by_name)
-    np.testing.assert_array_equal(ours_by_name["final_logits_bias"], 0)  # HF: a buffer
+    lr = 1e4  # large, so that the update is far above the parameters' rounding
+    optimizer = optax.sgd(lr)
+    before = {name: value.copy() for name, value, _ in hf_state(ours)}
+    step = training.make_train_step(loss_fn, optimizer)
+    state, metrics = step(
+        training.TrainState.create(ours, optimizer),
+        dict(ids=ids, mask=mask, dec=dec, labels=labels), jr.PRNGKey(0),
+    )
+    np.testing.assert_allclose(float(metrics["loss"]), loss.item(), rtol=1e-5)
+    grads = {
+        name: (before[name].astype(np.float64) - value) / lr
+        for name, value, _ in hf_state(state.model)
+    }
+    assert set(theirs) <= set(grads)
+    np.testing.assert_array_equal(grads["final_logits_bias"], 0)  # HF: a buffer, never trained
     for name, g in theirs.items():
-        err = np.abs(ours_by_name[name] - g).max() / np.abs(g).max()
+        err = np.abs(grads[name] - g).max() / np.abs(g).max()
         assert err <= 1e-4, f"{name}: relative gradient error {err:.3g}"
 
 
@@ -256,33 +272,6 @@ def test_seq2seq_lm_loss_matches_torch():
         eb.seq2seq_lm_loss(jnp.asarray(logits), labels, label_smoothing=1.0)
 
 
-def test_train_step_with_seq2seq_loss(getkey):
-    import optax
-
-    from eqx_bigbird import training
-
-    config = eb.BigBirdPegasusConfig(**{**TINY, "attention_type": "original_full"})
-    model = eb.BigBirdPegasusForConditionalGeneration(config, key=getkey())
-    ids, mask, _ = make_inputs(24, seed=0)
-    labels = _labels(6, seed=1)
-    batch = dict(ids=ids, mask=mask, labels=labels)
-
-    def loss_fn(model, batch, *, key):
-        dec = eb.shift_tokens_right(batch["labels"], 0, 2)
-        keys = jr.split(key, batch["ids"].shape[0])
-        out = jax.vmap(lambda i, m, d, k: model(i, m, d, key=k))(batch["ids"], batch["mask"], dec, keys)
-        return eb.seq2seq_lm_loss(out.logits, batch["labels"])
-
-    optimizer = optax.adam(1e-2)
-    state = training.TrainState.create(model, optimizer)
-    step = training.make_train_step(loss_fn, optimizer)
-    losses = []
-    for _ in range(3):
-        state, metrics = step(state, batch, getkey())
-        losses.append(float(metrics["loss"]))
-    assert losses[-1] < losses[0]
-
-
 # -- execution options ----------------------------------------------------------------------------
 
 
@@ -290,12 +279,9 @@ def test_execution_options_do_not_change_outputs():
     pt, path = pytorch_model("BigBirdPegasusForConditionalGeneration", **SPARSE)
     ids, mask, dec = make_inputs(163, seed=2)
     base = run_ours(eb.BigBirdPegasusForConditionalGeneration.from_pretrained(path), ids, mask, dec)
-    for options in (
-        dict(scan_layers=False),
-        dict(gradient_checkpointing="dots_with_no_batch_dims_saveable"),
-    ):
-        model = eb.BigBirdPegasusForConditionalGeneration.from_pretrained(path, **options)
-        assert_close(run_ours(model, ids, mask, dec).logits, base.logits, str(options))
+    # (Gradient checkpointing is exercised by the gradient test.)
+    model = eb.BigBirdPegasusForConditionalGeneration.from_pretrained(path, scan_layers=False)
+    assert_close(run_ours(model, ids, mask, dec).logits, base.logits, "unrolled")
     model = eb.with_options(
         eb.BigBirdPegasusForConditionalGeneration.from_pretrained(path), compute_dtype="bfloat16"
     )
@@ -310,9 +296,6 @@ def test_training_needs_a_key_and_dropout_uses_it(getkey):
     ids, _, dec = make_inputs(20, seed=0, batch=1)
     with pytest.raises(ValueError, match="key"):
         model(ids[0], decoder_input_ids=dec[0])
-    call = eqx.filter_jit(lambda m, k, **kw: m(ids[0], decoder_input_ids=dec[0], key=k, **kw))
+    call = eqx.filter_jit(lambda m, k: m(ids[0], decoder_input_ids=dec[0], key=k))
     a, b = call(model, jr.PRNGKey(1)).logits, call(model, jr.PRNGKey(2)).logits
     assert np.abs(np.asarray(a) - np.asarray(b)).max() > 1e-3
-    np.testing.assert_array_equal(
-        call(eqx.nn.inference_mode(model), None).logits, call(model, None, inference=True).logits
-    )
