@@ -37,12 +37,19 @@ def _perturb(model, seed):
             model.final_logits_bias.add_(torch.randn(model.final_logits_bias.shape, generator=gen))
 
 
-@functools.cache
-def pytorch_model(cls_name, seed=0, **overrides):
-    """(model in eval mode, directory) for an HF class with seeded, perturbed random weights."""
+def build_model(cls_name, seed=0, **overrides):
+    """An HF class in eval mode with seeded, perturbed random weights (a fresh one per call)."""
     torch.manual_seed(seed)
     model = getattr(transformers, cls_name)(hf_config(**overrides)).eval()
     _perturb(model, seed)
+    return model
+
+
+@functools.cache
+def pytorch_model(cls_name, seed=0, **overrides):
+    """(model in eval mode, directory) for an HF class with seeded, perturbed random weights,
+    saved with `save_pretrained`; cached, so not to be modified."""
+    model = build_model(cls_name, seed, **overrides)
     path = os.path.join(_ROOT, f"{cls_name}-{seed}-{sorted(overrides.items())}")
     model.save_pretrained(path, safe_serialization=True)
     return model, path
