@@ -140,6 +140,18 @@ def saved_name(model_class: type, name: str) -> str:
     return name.removeprefix("bert.") if _class_name(model_class) == BASE_MODEL else name
 
 
+def has_flax(model_class: type) -> bool:
+    """Whether HF has a Flax version of the class (BigBird-Pegasus is PyTorch only)."""
+    return not _is_pegasus(model_class)
+
+
+def written_copies(model_class: type, config) -> dict[str, str]:
+    """The part of `tied_names` that export writes even without `include_tied`."""
+    if _is_pegasus(model_class):
+        return pegasus.written_copies(model_class.__name__, config)
+    return {}
+
+
 def layer_count(model_class: type, config, pattern: str) -> int:
     """How many layers the stacked HF name `pattern` spans."""
     if _is_pegasus(model_class):

@@ -76,6 +76,16 @@ def tied_names(name: str, config) -> dict[str, str]:
     return tied
 
 
+def written_copies(name: str, config) -> dict[str, str]:
+    """Tied keys that export writes anyway. With `tie_word_embeddings=False`, HF 4.57's
+    `from_pretrained` no longer re-ties the stacks' `embed_tokens` to `shared` and initialises
+    them at random when absent (its own `save_pretrained` leaves them out): written as copies,
+    they load as the weights they are."""
+    if name == CAUSAL_LM or config.tie_word_embeddings:
+        return {}
+    return {k: v for k, v in tied_names(name, config).items() if "embed_tokens" in k}
+
+
 def zero_defaults(name: str, config) -> dict[str, np.ndarray]:
     """Keys HF fills with zeros when a checkpoint lacks them (`_keys_to_ignore_on_load_missing`):
     the `final_logits_bias` buffer."""
