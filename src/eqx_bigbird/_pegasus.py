@@ -124,6 +124,7 @@ class PegasusEncoderLayer(eqx.Module):
         return LayerOutput(h + self.dropout(y, key=k2, inference=inference), attn.probs)
 
 
+Cache = tuple[Float[Array, "layers heads kv dim"], Float[Array, "layers heads kv dim"]]
 CrossKV = tuple[Float[Array, "heads enc_seq dim"], Float[Array, "heads enc_seq dim"]]
 
 
@@ -291,13 +292,13 @@ class PegasusEncoder(eqx.Module):
 
 
 class DecoderOutput(eqx.Module):
+    """What the decoder stack returns (the extras `None` unless asked for)."""
+
     last_hidden_state: Float[Array, "seq hidden"]
     hidden_states: HiddenStates = None
     attentions: Float[Array, "layers heads seq kv"] | None = None
     cross_attentions: Float[Array, "layers heads seq enc_seq"] | None = None
-    cache: tuple[Float[Array, "layers heads kv dim"], Float[Array, "layers heads kv dim"]] | None = (
-        None
-    )
+    cache: Cache | None = None
 
 
 class PegasusDecoder(eqx.Module):
@@ -340,8 +341,7 @@ class PegasusDecoder(eqx.Module):
         encoder_states: Float[Array, "enc_seq hidden"] | None = None,
         cross_kv: tuple[Float[Array, "layers heads enc_seq dim"], ...] | None = None,
         cross_mask: Float[Array, " enc_seq"] | None = None,
-        cache: tuple[Float[Array, "layers heads kv dim"], Float[Array, "layers heads kv dim"]]
-        | None = None,
+        cache: Cache | None = None,
         cache_index: Int[Array, ""] | None = None,
         key: PRNGKeyArray | None = None,
         inference: bool,

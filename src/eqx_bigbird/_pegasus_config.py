@@ -26,7 +26,9 @@ _PEGASUS_PASSTHROUGH = (_PASSTHROUGH_KEYS - {"decoder_start_token_id"}) | {
     "chunk_size_feed_forward", "add_cross_attention", "sep_token_id",
 }
 _PEGASUS_REQUIRED = {
-    k: v for k, v in _REQUIRED_VALUES.items() if k not in ("is_encoder_decoder", "position_embedding_type")
+    k: v
+    for k, v in _REQUIRED_VALUES.items()
+    if k not in ("is_encoder_decoder", "position_embedding_type")
 }
 # The legacy generation keys HF's `GenerationConfig.from_model_config` reads from `config.json`.
 GENERATION_KEYS = (
