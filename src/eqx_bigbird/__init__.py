@@ -40,10 +40,25 @@ from ._losses import (
     multiple_choice_loss,
     pretraining_loss,
     question_answering_loss,
+    seq2seq_lm_loss,
     sequence_classification_loss,
     token_classification_loss,
 )
 from ._model import BigBirdModel, BigBirdModelOutput, KVCache, with_options
+from ._pegasus import (
+    BigBirdPegasusForCausalLM,
+    BigBirdPegasusForConditionalGeneration,
+    BigBirdPegasusForQuestionAnswering,
+    BigBirdPegasusForSequenceClassification,
+    BigBirdPegasusModel,
+    EncoderDecoderShared,
+    Seq2SeqLMOutput,
+    Seq2SeqModelOutput,
+    Seq2SeqQuestionAnsweringModelOutput,
+    Seq2SeqSequenceClassifierOutput,
+    shift_tokens_right,
+)
+from ._pegasus_config import BigBirdPegasusConfig
 from ._serialization import load, save
 from ._tokenizer import (
     BatchEncoding,
@@ -95,6 +110,19 @@ __all__ = [
     "TokenClassifierOutput",
     "BigBirdForQuestionAnswering",
     "BigBirdForQuestionAnsweringModelOutput",
+    # BigBird-Pegasus (encoder-decoder)
+    "BigBirdPegasusConfig",
+    "BigBirdPegasusModel",
+    "Seq2SeqModelOutput",
+    "BigBirdPegasusForConditionalGeneration",
+    "Seq2SeqLMOutput",
+    "BigBirdPegasusForSequenceClassification",
+    "Seq2SeqSequenceClassifierOutput",
+    "BigBirdPegasusForQuestionAnswering",
+    "Seq2SeqQuestionAnsweringModelOutput",
+    "BigBirdPegasusForCausalLM",
+    "EncoderDecoderShared",
+    "shift_tokens_right",
     # decoding
     "KVCache",
     "init_cache",
@@ -109,6 +137,7 @@ __all__ = [
     "multiple_choice_loss",
     "token_classification_loss",
     "question_answering_loss",
+    "seq2seq_lm_loss",
     # checkpoints
     "load",
     "save",

@@ -245,8 +245,13 @@ def _read_json(path_or_dict) -> dict[str, Any]:
         return json.load(f)
 
 
-def _sort_keys(raw: dict, fields: set[str], strict: bool) -> tuple[dict, dict]:
-    """`(constructor kwargs, extra keys kept unused)`; unknown keys raise unless not `strict`."""
+def _sort_keys(
+    raw: dict, fields: set[str], strict: bool, *, required: dict = _REQUIRED_VALUES,
+    passthrough: frozenset = _PASSTHROUGH_KEYS, model: str = "BigBird",
+) -> tuple[dict, dict]:
+    """`(constructor kwargs, extra keys kept unused)`; unknown keys raise unless not `strict`.
+    `required`: generic keys accepted only at the given value; `passthrough`: generic keys kept
+    verbatim; `model`: the name errors give the config."""
     kwargs: dict[str, Any] = {}
     extra: dict[str, Any] = {}
     unknown = []
@@ -255,23 +260,23 @@ def _sort_keys(raw: dict, fields: set[str], strict: bool) -> tuple[dict, dict]:
             kwargs[key] = value
         elif key == "architectures":
             kwargs[key] = None if value is None else tuple(value)
-        elif key in _REQUIRED_VALUES:
-            if value != _REQUIRED_VALUES[key]:
+        elif key in required:
+            if value != required[key]:
                 raise ValueError(
-                    f"config {key}={value!r} is not supported (only {_REQUIRED_VALUES[key]!r})"
+                    f"config {key}={value!r} is not supported (only {required[key]!r})"
                 )
             extra[key] = value
-        elif key in _PASSTHROUGH_KEYS:
+        elif key in passthrough:
             extra[key] = value
         else:
             unknown.append(key)
     if unknown:
         if strict:
             raise ValueError(
-                f"unknown BigBird config key(s) {sorted(unknown)}; pass strict=False to keep "
+                f"unknown {model} config key(s) {sorted(unknown)}; pass strict=False to keep "
                 "them unused"
             )
-        warnings.warn(f"unknown BigBird config key(s) {sorted(unknown)} kept but unused")
+        warnings.warn(f"unknown {model} config key(s) {sorted(unknown)} kept but unused")
         extra.update({k: raw[k] for k in unknown})
     return kwargs, extra
 

@@ -13,7 +13,9 @@ import jax
 import msgpack
 import numpy as np
 
-from ._hf_names import hf_name_of, hf_names, saved_name, tied_names
+from ._hf_names import (
+    has_flax, hf_name_of, hf_names, layer_count, saved_name, tied_names, written_copies,
+)
 from ._hf_read import FLAX_MSGPACK, SAFETENSORS
 from ._io import atomic_writer, atomic_write_text, write_safetensors
 from ._tree import array_leaves, path_str
@@ -47,7 +49,8 @@ def hf_state(model, *, include_tied: bool = False) -> list[tuple[str, np.ndarray
     Names are as HF's `save_pretrained` of the same class writes them (base model: no `bert.`).
     `kind` is the leaf's module type (`linear`, `layer_norm`, `embedding` or `other`), which decides
     its Flax name and layout. `include_tied` adds the class's tied keys (`_hf_names.tied_names`)
-    as copies (HF itself omits them when saving and re-ties them when loading).
+    as copies (HF itself omits them when saving and re-ties them when loading); those HF would
+    not re-tie (`_hf_names.written_copies`) are always written.
     """
     cls, config = type(model), model.config
     names, kinds = hf_names(cls, config), _module_kinds(model)
@@ -57,17 +60,18 @@ def hf_state(model, *, include_tied: bool = False) -> list[tuple[str, np.ndarray
         kind = kinds.get(ours, "other")
         value = np.asarray(leaf)  # no copy on CPU
         if "{i}" in pattern:
-            if value.shape[0] != config.num_hidden_layers:
+            if value.shape[0] != layer_count(cls, config, pattern):
                 raise ValueError(
                     f"{ours}: {value.shape[0]} stacked layers, config says "
-                    f"{config.num_hidden_layers}"
+                    f"{layer_count(cls, config, pattern)}"
                 )
             out.extend((pattern.format(i=i), value[i], kind) for i in range(value.shape[0]))
         else:
             out.append((pattern, value, kind))
-    if include_tied:
+    copies = tied_names(cls, config) if include_tied else written_copies(cls, config)
+    if copies:
         by_name = {name: (value, kind) for name, value, kind in out}
-        out.extend((name, *by_name[target]) for name, target in tied_names(cls, config).items())
+        out.extend((name, *by_name[target]) for name, target in copies.items())
     return [(saved_name(cls, name), value, kind) for name, value, kind in out]
 
 
@@ -149,8 +153,10 @@ def save_pretrained(
     names, (out, in) weights), each atomically.
     """
     path = os.fspath(path)
-    os.makedirs(path, exist_ok=True)
     cls = type(model)
+    if flax and not has_flax(cls):
+        raise ValueError(f"HF has no Flax version of {cls.__name__}: flax=True is not possible")
+    os.makedirs(path, exist_ok=True)
     state = hf_state(model, include_tied=include_tied)
     config = model.config.to_hf()
     config["architectures"] = [cls.__name__]

@@ -16,9 +16,10 @@ import jax.random as jr
 import numpy as np
 
 from ._config import BigBirdConfig
-from ._hf_names import canonical_name, hf_name_of, hf_names, tied_names
+from ._hf_names import canonical_name, hf_name_of, hf_names, tied_names, zero_defaults
 from ._hf_read import CheckpointError, LazyTensors, find_weights_file, read_hf_weights
 from ._hub import local_path
+from ._registry import config_class
 from ._tree import path_str
 
 
@@ -106,12 +107,12 @@ class _Findings:
     initialised: list = dataclasses.field(default_factory=list)
 
 
-def _fill_leaf(leaf, ours, init_leaf, state, names, num_layers, dtype, found):
+def _fill_leaf(leaf, ours, init_leaf, state, names, dtype, found):
     """One leaf of the skeleton, from `state` (or `init_leaf`, or left unfilled with the problem
-    recorded in `found`)."""
+    recorded in `found`). A stacked leaf spans as many HF layers as its leading axis."""
     pattern = hf_name_of(ours, names)
     stacked = "{i}" in pattern
-    keys = [pattern.format(i=i) for i in range(num_layers)] if stacked else [pattern]
+    keys = [pattern.format(i=i) for i in range(leaf.shape[0])] if stacked else [pattern]
     absent = [k for k in keys if k not in state]
     if absent:
         if init_leaf is None:
@@ -166,7 +167,6 @@ def fill_from_state(
     state: LazyTensors,
     names: dict[str, str],
     *,
-    num_layers: int,
     init=None,
     source: str = "checkpoint",
     dtype=None,
@@ -193,9 +193,7 @@ def fill_from_state(
         if bar is not None:
             bar.update()
         if isinstance(leaf, jax.ShapeDtypeStruct):
-            leaf = _fill_leaf(
-                leaf, path_str(path), init_leaf, state, names, num_layers, dtype, found
-            )
+            leaf = _fill_leaf(leaf, path_str(path), init_leaf, state, names, dtype, found)
         filled.append(leaf)
     if bar is not None:
         bar.close()
@@ -230,7 +228,6 @@ def build_from_state(
         skeleton,
         state,
         hf_names(cls, config),
-        num_layers=config.num_hidden_layers,
         init=init,
         source=source,
         dtype=dtype,
@@ -250,12 +247,13 @@ def finish_load(model, report: LoadReport, *, who: str, shown: str | None, retur
     return (model, report) if return_report else model
 
 
-def read_config(path: str | os.PathLike, weights: str) -> BigBirdConfig:
-    """The BigBird config in the `config.json` next to `weights` (`path` is a directory or file)."""
+def read_config(path: str | os.PathLike, weights: str, cls=BigBirdConfig):
+    """The config (a `cls`) in the `config.json` next to `weights` (`path` is a directory or
+    file)."""
     config_dir = path if os.path.isdir(path) else os.path.dirname(os.fspath(path))
     config_file = os.path.join(config_dir, "config.json")
     try:
-        return BigBirdConfig.from_hf(config_file)
+        return cls.from_hf(config_file)
     except FileNotFoundError:
         raise CheckpointError(f"{config_dir}: no config.json next to {weights}") from None
     except (ValueError, TypeError) as e:
@@ -299,12 +297,14 @@ def from_pretrained(
         local_files_only=local_files_only, token=token,
     )
     weights = find_weights_file(path)
-    config = read_config(path, weights)
+    config = read_config(path, weights, config_class(cls))
     if config_overrides:
         config = config.replace(**config_overrides)
     state, source = read_hf_weights(weights)
+    state = state.renamed(lambda name: canonical_name(name, cls))
+    state = state.with_defaults(zero_defaults(cls, config))
     model, report = build_from_state(
-        cls, config, state.renamed(canonical_name), source, key=key, allow_init=allow_init,
+        cls, config, state, source, key=key, allow_init=allow_init,
         dtype=dtype, progress=progress, model_kwargs=model_kwargs,
     )
     return finish_load(

@@ -13,6 +13,10 @@ Classes are named, not imported, so that the model modules can use this one with
 
 from collections.abc import Mapping
 
+import numpy as np
+
+from . import _pegasus_names as pegasus
+
 ENCODER_NAMES: dict[str, str] = {
     "embeddings.word_embeddings": "bert.embeddings.word_embeddings",
     "embeddings.position_embeddings": "bert.embeddings.position_embeddings",
@@ -66,11 +70,14 @@ HEAD_NAMES: dict[str, dict[str, str]] = {
 
 def _class_name(model_class: type) -> str:
     name = model_class.__name__
-    if name != BASE_MODEL and name not in HEAD_NAMES:
-        raise TypeError(
-            f"{name} has no Hugging Face names; known classes: {[BASE_MODEL, *HEAD_NAMES]}"
-        )
+    if name != BASE_MODEL and name not in HEAD_NAMES and name not in pegasus.CLASS_NAMES:
+        known = [BASE_MODEL, *HEAD_NAMES, *pegasus.CLASS_NAMES]
+        raise TypeError(f"{name} has no Hugging Face names; known classes: {known}")
     return name
+
+
+def _is_pegasus(model_class: type | None) -> bool:
+    return model_class is not None and _class_name(model_class) in pegasus.CLASS_NAMES
 
 
 def hf_names(model_class: type, config) -> dict[str, str]:
@@ -80,6 +87,8 @@ def hf_names(model_class: type, config) -> dict[str, str]:
     for a class that is not one of our model classes.
     """
     name = _class_name(model_class)
+    if _is_pegasus(model_class):
+        return pegasus.hf_names(name, config)
     encoder = dict(ENCODER_NAMES)
     if config.add_cross_attention:
         encoder.update(CROSS_ATTENTION_NAMES)
@@ -93,6 +102,8 @@ def tied_names(model_class: type, config) -> dict[str, str]:
     `_tied_weights_keys` declare them: in a head with an LM decoder, the decoder's bias is the
     prediction bias, and its weight is the word-embedding matrix when `config.tie_word_embeddings`.
     Our models hold each such pair once; a checkpoint may carry the duplicate as a copy."""
+    if _is_pegasus(model_class):
+        return pegasus.tied_names(model_class.__name__, config)
     if "cls.decoder" not in HEAD_NAMES.get(_class_name(model_class), {}):
         return {}
     decoder = LM_HEAD_NAMES["cls.decoder"]
@@ -114,14 +125,45 @@ def hf_name_of(our_path: str, names: Mapping[str, str]) -> str:
 _ENCODER_ROOTS = ("embeddings.", "encoder.", "pooler.")
 
 
-def canonical_name(name: str) -> str:
-    """An HF key with the encoder's `bert.` prefix, which a base-model checkpoint leaves out."""
+def canonical_name(name: str, model_class: type | None = None) -> str:
+    """An HF key with the base model's prefix (`bert.`; `model.` for BigBird-Pegasus), which a
+    base-model checkpoint leaves out."""
+    if _is_pegasus(model_class):
+        return pegasus.canonical_name(name)
     return "bert." + name if name.startswith(_ENCODER_ROOTS) else name
 
 
 def saved_name(model_class: type, name: str) -> str:
     """The key HF's `save_pretrained` of `model_class` writes for canonical `name`."""
+    if _is_pegasus(model_class):
+        return pegasus.saved_name(model_class.__name__, name)
     return name.removeprefix("bert.") if _class_name(model_class) == BASE_MODEL else name
+
+
+def has_flax(model_class: type) -> bool:
+    """Whether HF has a Flax version of the class (BigBird-Pegasus is PyTorch only)."""
+    return not _is_pegasus(model_class)
+
+
+def written_copies(model_class: type, config) -> dict[str, str]:
+    """The part of `tied_names` that export writes even without `include_tied`."""
+    if _is_pegasus(model_class):
+        return pegasus.written_copies(model_class.__name__, config)
+    return {}
+
+
+def layer_count(model_class: type, config, pattern: str) -> int:
+    """How many layers the stacked HF name `pattern` spans."""
+    if _is_pegasus(model_class):
+        return pegasus.layer_count(config, pattern)
+    return config.num_hidden_layers
+
+
+def zero_defaults(model_class: type, config) -> dict[str, np.ndarray]:
+    """HF keys a checkpoint may lack that HF then fills with zeros (canonical names)."""
+    if _is_pegasus(model_class):
+        return pegasus.zero_defaults(model_class.__name__, config)
+    return {}
 
 
 # RoBERTa's module names -> BigBird's, for the ones that differ.

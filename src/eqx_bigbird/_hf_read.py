@@ -52,6 +52,14 @@ class LazyTensors(Mapping):
         """The shape of `name`, without reading it."""
         return self._shapes[name]
 
+    def with_defaults(self, arrays: Mapping[str, np.ndarray]) -> "LazyTensors":
+        """These tensors, plus those of `arrays` whose names are absent."""
+        missing = {k: v for k, v in arrays.items() if k not in self._loaders}
+        extra = LazyTensors.in_memory(missing, self.source)
+        return LazyTensors(
+            {**self._loaders, **extra._loaders}, {**self._shapes, **extra._shapes}, self.source
+        )
+
     def renamed(self, rename: Callable[[str], str]) -> "LazyTensors":
         """The same tensors under `rename(name)`."""
         loaders, shapes = {}, {}

@@ -260,14 +260,20 @@ class BigBirdEncoder(eqx.Module):
             kept = out.hidden if output_hidden_states else None
             return out.hidden, dataclasses.replace(out, hidden=kept)
 
-        if options.gradient_checkpointing is not None:
-            policy = CHECKPOINT_POLICIES[options.gradient_checkpointing]
-            step = eqx.filter_checkpoint(step, policy=policy)
-        x = options.cast(x)
-        if options.scan_layers:
-            return jax.lax.scan(step, x, xs)
-        outs = []
-        for i in range(self.num_layers):
-            x, out = step(x, jax.tree_util.tree_map(lambda a: a[i], xs))
-            outs.append(out)
-        return x, jax.tree_util.tree_map(lambda *a: jnp.stack(a), *outs)
+        return run_layers(step, x, xs, options, self.num_layers)
+
+
+def run_layers(step, x, xs, options: ExecutionOptions, num_layers: int):
+    """`step(h, xs_i) -> (h, out_i)` over the layers as the options say: `lax.scan` or unrolled,
+    checkpointed with the chosen policy, in the compute dtype. **Returns:** `(h, stacked outs)`."""
+    if options.gradient_checkpointing is not None:
+        policy = CHECKPOINT_POLICIES[options.gradient_checkpointing]
+        step = eqx.filter_checkpoint(step, policy=policy)
+    x = options.cast(x)
+    if options.scan_layers:
+        return jax.lax.scan(step, x, xs)
+    outs = []
+    for i in range(num_layers):
+        x, out = step(x, jax.tree_util.tree_map(lambda a: a[i], xs))
+        outs.append(out)
+    return x, jax.tree_util.tree_map(lambda *a: jnp.stack(a), *outs)

@@ -13,8 +13,9 @@ from jaxtyping import Array, ArrayLike, Float, Int, Real
 IGNORE_INDEX = -100
 
 
-def _cross_entropy(logits, labels, ignore_index=IGNORE_INDEX):
-    """Mean cross-entropy over the entries whose label is not `ignore_index` (torch semantics)."""
+def _cross_entropy(logits, labels, ignore_index=IGNORE_INDEX, label_smoothing=0.0):
+    """Mean cross-entropy over the entries whose label is not `ignore_index` (torch semantics,
+    also of `label_smoothing`: the target is `(1 - e) one_hot + e / classes`)."""
     logits = logits.astype(jnp.float32)
     labels = jnp.asarray(labels)
     if logits.shape[:-1] != labels.shape:
@@ -23,6 +24,8 @@ def _cross_entropy(logits, labels, ignore_index=IGNORE_INDEX):
     safe = jnp.where(valid, labels, 0).astype(jnp.int32)
     logp = jax.nn.log_softmax(logits, axis=-1)
     nll = -jnp.take_along_axis(logp, safe[..., None], axis=-1)[..., 0]
+    if label_smoothing:
+        nll = (1.0 - label_smoothing) * nll - label_smoothing * jnp.mean(logp, axis=-1)
     return jnp.sum(jnp.where(valid, nll, 0.0)) / jnp.sum(valid).astype(jnp.float32)
 
 
@@ -51,6 +54,23 @@ def causal_lm_loss(
     pad = [(0, 0)] * (labels.ndim - 1) + [(0, 1)]
     shifted = jnp.pad(labels, pad, constant_values=IGNORE_INDEX)[..., 1:]
     return _cross_entropy(logits, shifted)
+
+
+def seq2seq_lm_loss(
+    logits: Float[Array, "*batch seq vocab"],
+    labels: Int[ArrayLike, "*batch seq"],
+    label_smoothing: float = 0.0,
+) -> Float[Array, ""]:
+    """Cross-entropy of a seq2seq (or HF BigBird-Pegasus causal) LM, NOT shifted: `logits[t]`
+    is scored against `labels[t]` (the decoder input was `shift_tokens_right(labels)`), `-100`
+    ignored, as HF `BigBirdPegasusForConditionalGeneration`. `label_smoothing` is torch's
+    `CrossEntropyLoss(label_smoothing=...)`, which equals HF Trainer's `label_smoothing_factor`.
+
+    **Returns:** the mean over the labelled tokens.
+    """
+    if not 0.0 <= label_smoothing < 1.0:
+        raise ValueError(f"label_smoothing={label_smoothing!r} must lie in [0, 1)")
+    return _cross_entropy(logits, labels, label_smoothing=label_smoothing)
 
 
 def pretraining_loss(

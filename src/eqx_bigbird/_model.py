@@ -119,6 +119,44 @@ def _pad(inputs: _Inputs, padded: int, config: BigBirdConfig) -> _Inputs:
     )
 
 
+def layer_plans(config, options, seq, padded, random_plan, key, inference):
+    """The random blocks every layer of an encoder with `config` (a `BigBirdConfig`) attends, for
+    a call on `seq` tokens run at `padded`: `None` where the call runs full attention; an
+    explicit `random_plan`; the paper's fixed plan (`random_attention="fixed"`); HF's eval
+    plan in inference; else a fresh plan per layer, head and row drawn from `key`."""
+    c = config
+    if not c.uses_block_sparse(seq):
+        if random_plan is not None:
+            raise ValueError(
+                f"random_plan was given, but {seq} tokens run full attention "
+                f"(attention_type={c.attention_type!r}, block-sparse needs more than "
+                f"{c.max_tokens_for_full_attention} tokens)"
+            )
+        return None
+    nb, r = padded // c.block_size, c.num_random_blocks
+    if random_plan is not None:
+        random_plan = jnp.asarray(random_plan, jnp.int32)
+        expected = (c.num_hidden_layers, c.num_attention_heads, nb - 2, r)
+        if random_plan.shape != expected:
+            raise ValueError(
+                f"random_plan has shape {random_plan.shape}, expected {expected} for {padded} "
+                "(padded) tokens"
+            )
+        return random_plan
+    if options.random_attention == "fixed":
+        return jnp.asarray(np.stack([
+            sa.paper_plan(
+                i, c.num_attention_heads, padded, c.block_size, r,
+                max_position_embeddings=c.max_position_embeddings,
+            )
+            for i in range(c.num_hidden_layers)
+        ]))
+    if inference:
+        return sa.EvalPlan(r)
+    draw = lambda k: sa.random_plan(k, c.num_attention_heads, nb, r)  # noqa: E731
+    return jax.vmap(draw)(jr.split(key, c.num_hidden_layers))
+
+
 @register
 class BigBirdModel(eqx.Module):
     """The BigBird encoder (HF `BigBirdModel` / `FlaxBigBirdModel`), called on ONE example.
@@ -300,40 +338,7 @@ class BigBirdModel(eqx.Module):
         return jnp.broadcast_to(head_mask, (c.num_hidden_layers, c.num_attention_heads))
 
     def _plans(self, seq, padded, random_plan, key, inference):
-        """The random blocks every layer attends: `None` where the call runs full attention; an
-        explicit `random_plan`; the paper's fixed plan (`random_attention="fixed"`); HF's eval
-        plan in inference; else a fresh plan per layer, head and row drawn from `key`."""
-        c = self.config
-        if not c.uses_block_sparse(seq):
-            if random_plan is not None:
-                raise ValueError(
-                    f"random_plan was given, but {seq} tokens run full attention "
-                    f"(attention_type={c.attention_type!r}, block-sparse needs more than "
-                    f"{c.max_tokens_for_full_attention} tokens)"
-                )
-            return None
-        nb, r = padded // c.block_size, c.num_random_blocks
-        if random_plan is not None:
-            random_plan = jnp.asarray(random_plan, jnp.int32)
-            expected = (c.num_hidden_layers, c.num_attention_heads, nb - 2, r)
-            if random_plan.shape != expected:
-                raise ValueError(
-                    f"random_plan has shape {random_plan.shape}, expected {expected} for {padded} "
-                    "(padded) tokens"
-                )
-            return random_plan
-        if self.options.random_attention == "fixed":
-            return jnp.asarray(np.stack([
-                sa.paper_plan(
-                    i, c.num_attention_heads, padded, c.block_size, r,
-                    max_position_embeddings=c.max_position_embeddings,
-                )
-                for i in range(c.num_hidden_layers)
-            ]))
-        if inference:
-            return sa.EvalPlan(r)
-        draw = lambda k: sa.random_plan(k, c.num_attention_heads, nb, r)  # noqa: E731
-        return jax.vmap(draw)(jr.split(key, c.num_hidden_layers))
+        return layer_plans(self.config, self.options, seq, padded, random_plan, key, inference)
 
     def _self_attention_mask(self, mask, cache: KVCache | None, start):
         """`(self-attention mask, cache slot mask)`: an encoder's `(seq,)` key mask, or a decoder's
@@ -392,8 +397,8 @@ class BigBirdModel(eqx.Module):
 
 
 def with_options(model, **changes):
-    """`model` (a `BigBirdModel`, or any module holding them: a task head) with new execution
-    options (`ExecutionOptions` fields); the weights are shared.
+    """`model` (a `BigBirdModel` or a BigBird-Pegasus model, or any module holding one: a task
+    head) with new execution options (`ExecutionOptions` fields); the weights are shared.
 
     E.g. `with_options(head, gradient_checkpointing="dots_with_no_batch_dims_saveable",
     compute_dtype="bfloat16")` before building a train step.
@@ -403,13 +408,16 @@ def with_options(model, **changes):
         raise TypeError(f"with_options: unknown option(s) {sorted(unknown)}")
 
     def change(node):
-        if not isinstance(node, BigBirdModel):
+        if not is_model(node):
             return node
-        new = object.__new__(BigBirdModel)  # a copy with one static field changed
+        new = object.__new__(type(node))  # a copy with one static field changed
         for f in dataclasses.fields(node):
             object.__setattr__(new, f.name, getattr(node, f.name))
         object.__setattr__(new, "options", dataclasses.replace(node.options, **changes))
         return new
 
-    is_model = lambda x: isinstance(x, BigBirdModel)  # noqa: E731
+    # Every module that owns options: `BigBirdModel`, the Pegasus base model and causal LM.
+    is_model = lambda x: isinstance(x, eqx.Module) and isinstance(  # noqa: E731
+        getattr(x, "options", None), ExecutionOptions
+    )
     return jax.tree_util.tree_map(change, model, is_leaf=is_model)

@@ -12,11 +12,10 @@ import equinox as eqx
 import jax
 import jax.random as jr
 
-from ._config import BigBirdConfig
 from ._hf_load import fill_from_state
 from ._hf_read import CheckpointError, read_safetensors, safetensors_header
 from ._io import write_safetensors
-from ._registry import MODEL_CLASSES
+from ._registry import MODEL_CLASSES, config_class
 from ._tree import array_leaves, path_str
 
 FORMAT = "eqx-bigbird"
@@ -98,7 +97,7 @@ def load(path: str | os.PathLike, cls: type | None = None, *, dtype="keep"):
         raise CheckpointError(f"{file}: holds a {name}, not a {cls.__name__}")
     cls = classes[name]
     try:
-        config = BigBirdConfig.from_hf(header["config"])
+        config = config_class(cls).from_hf(header["config"])
     except (ValueError, TypeError) as e:
         raise CheckpointError(f"{file}: bad config in header: {e}") from None
     skeleton = eqx.filter_eval_shape(cls, config, key=jr.PRNGKey(0), **header["init_kwargs"])
@@ -111,7 +110,6 @@ def load(path: str | os.PathLike, cls: type | None = None, *, dtype="keep"):
         skeleton,
         read_safetensors(file),
         {p: p for p in paths},
-        num_layers=0,
         source=file,
         dtype=dtype,
     )

@@ -17,6 +17,7 @@ examples:
   eqx-bigbird convert hf/bigbird-roberta-base model.eqx.safetensors     # HF dir -> ours
   eqx-bigbird convert hf/flax_model.msgpack out/ --dtype float32        # cast bf16 to f32
   eqx-bigbird convert hf/model.safetensors.index.json out.safetensors   # sharded
+  eqx-bigbird convert hf/bigbird-pegasus-large-arxiv pegasus.safetensors  # pytorch_model.bin too
   eqx-bigbird convert --model-class BigBirdModel hf/mlm-checkpoint enc.safetensors
   eqx-bigbird convert --from-bert hf/roberta-base rb.safetensors --max-position-embeddings 4096
   eqx-bigbird convert --to-hf model.eqx.safetensors hf-out/ --flax      # ours -> HF
@@ -27,9 +28,9 @@ def add_parser(sub) -> None:
     p = add_command(
         sub, "convert", convert,
         help="convert an HF checkpoint to an eqx-bigbird checkpoint (or back with --to-hf)",
-        description="Converts an HF BigBird checkpoint (a Hub repo id or a directory, "
-        "model.safetensors, sharded index, flax_model.msgpack, or pytorch_model.bin when torch "
-        "is installed) into one "
+        description="Converts an HF BigBird or BigBird-Pegasus checkpoint (a Hub repo id or a "
+        "directory, model.safetensors, sharded index, flax_model.msgpack, or pytorch_model.bin "
+        "when torch is installed) into one "
         "eqx-bigbird file, and prints what was used.",
         examples=EXAMPLES,
     )
@@ -79,8 +80,8 @@ def _add_from_bert_flags(p) -> None:
 
 
 def _model_class(src: str, requested: str | None):
-    """--model-class, else the first class of config.json's `architectures` we have, else
-    BigBirdModel."""
+    """--model-class, else the first class of config.json's `architectures` we have, else the
+    base model of its `model_type` (BigBirdModel or BigBirdPegasusModel)."""
     classes = model_classes()
     if requested is not None:
         if requested not in classes:
@@ -89,13 +90,14 @@ def _model_class(src: str, requested: str | None):
     folder = src if os.path.isdir(src) else os.path.dirname(src)
     try:
         with open(os.path.join(folder, "config.json"), encoding="utf-8") as f:
-            architectures = json.load(f).get("architectures") or []
+            raw = json.load(f)
     except (OSError, ValueError):
-        architectures = []
-    for name in architectures:
+        raw = {}
+    for name in raw.get("architectures") or []:
         if name in classes:
             return classes[name]
-    return classes["BigBirdModel"]
+    pegasus = raw.get("model_type") == "bigbird_pegasus"
+    return classes["BigBirdPegasusModel" if pegasus else "BigBirdModel"]
 
 
 def _weights_bytes(src: str) -> int:
