@@ -32,19 +32,21 @@ def _check_outputs(out):
     assert [e["step"] for e in metrics["evals"]] == [2, 4, 5]  # every 2 steps, and at the end
     assert 0.0 <= metrics["test_accuracy"] <= 1.0 and 0.0 <= metrics["majority_baseline"] <= 1.0
     assert (out / "training.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert not (out / "resume").exists()
+    assert not (out / "checkpoints").exists()
 
 
 def test_run_and_resume_after_interrupt_equals_uninterrupted_run(tmp_path, capsys):
     """A tiny run writes the checkpoint, metrics and plot. --stop-after acts as Ctrl-C after that
-    step: exit 130 with OUT/resume saved; --resume then ends with bit-identical parameters, losses
-    and validation results (same batches, same keys, same optimizer state)."""
+    step: exit 130 with OUT/checkpoints/3 saved; --resume then ends with bit-identical
+    parameters, losses and validation results (same batches, same keys, same optimizer state)."""
     args = [*TINY, "--steps", "5", "--eval-every", "2", "--train-size", "6", "--dropout", "0.1"]
     assert main(["train", *args, "--out", str(tmp_path / "a")]) == 0
     _check_outputs(tmp_path / "a")
     assert "test accuracy" in capsys.readouterr().out
     assert main(["train", *args, "--out", str(tmp_path / "b"), "--stop-after", "3"]) == 130
-    progress = json.loads((tmp_path / "b" / "resume" / "progress.json").read_text())
+    with eb.Checkpointer(tmp_path / "b" / "checkpoints", read_only=True) as checkpoints:
+        assert checkpoints.steps() == [3]
+        progress = checkpoints.extra()
     assert progress["step"] == 3 and progress["examples_seen"] == 6
     assert main(["train", "--resume", str(tmp_path / "b"), "--no-progress"]) == 0
     a, b = (eb.load(tmp_path / x / "model.safetensors") for x in "ab")

@@ -38,6 +38,8 @@ __all__ = ["Checkpointer", "load_training_state"]
 
 FORMAT = "eqx-bigbird-train-state"
 FORMAT_VERSION = 1
+# What reading a damaged checkpoint raises (tensorstore: ValueError; orbax: also KeyError, OSError).
+READ_ERRORS = (ValueError, KeyError, TypeError, OSError, RuntimeError)
 
 
 def _orbax():
@@ -128,10 +130,9 @@ class Checkpointer:
         step = self._step(step)
         where = os.path.join(self.directory, str(step))
         meta = self._meta(step, where)
-        model = eqx.nn.inference_mode(model_skeleton(meta["model"], where), False)
-        params = eqx.filter(model, _is_abstract_inexact, is_leaf=_is_abstract)
-        opt_state = None if optimizer is None else jax.eval_shape(optimizer.init, params)
-        like = TrainState(model=model, opt_state=opt_state, step=jax.ShapeDtypeStruct((), jnp.int32))
+        skeleton = eqx.nn.inference_mode(model_skeleton(meta["model"], where), False)
+        like = eqx.filter_eval_shape(_fresh_state, skeleton, optimizer)
+        model, opt_state = like.model, like.opt_state
         placed = _placements(like, mesh, fsdp, min_size)
         stored = self._manager.item_metadata(step)
         wanted = ("model",) if optimizer is None else ("model", "opt_state")
@@ -144,13 +145,18 @@ class Checkpointer:
             restored = self._manager.restore(step, args=ocp.args.Composite(
                 **{name: ocp.args.StandardRestore(t) for name, t in targets.items()}
             ))
-        except Exception as e:  # tensorstore and orbax raise many kinds; name the checkpoint
+        except READ_ERRORS as e:  # tensorstore and orbax raise several kinds: name the checkpoint
             raise CheckpointError(f"{where}: unreadable checkpoint ({_first_line(e)})") from None
         model = eqx.nn.inference_mode(_fill(model, restored["model"]), meta["model"]["inference"])
         if optimizer is not None:
             opt_state = _fill(opt_state, restored["opt_state"])
         step_array = jax.device_put(jnp.asarray(step, jnp.int32), placed.step)
         return TrainState(model=model, opt_state=opt_state, step=step_array), meta["extra"]
+
+    def extra(self, step: int | None = None) -> dict:
+        """The `extra` saved with `step` (default: the latest), without reading any array."""
+        step = self._step(step)
+        return self._meta(step, os.path.join(self.directory, str(step)))["extra"]
 
     def wait(self) -> None:
         """Blocks until the last `save` is committed (raises its error, if it failed)."""
@@ -181,7 +187,7 @@ class Checkpointer:
         try:
             meta = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
             meta = meta["meta"]
-        except Exception as e:  # a missing, truncated or edited meta/ item
+        except READ_ERRORS as e:  # a missing, truncated or edited meta/ item
             raise CheckpointError(f"{where}/meta: unreadable ({_first_line(e)})") from None
         if not isinstance(meta, dict) or meta.get("format") != FORMAT:
             raise CheckpointError(f"{where}: not an eqx-bigbird training checkpoint")
@@ -216,9 +222,11 @@ def _is_abstract(x) -> bool:
     return isinstance(x, jax.ShapeDtypeStruct)
 
 
-def _is_abstract_inexact(x) -> bool:
-    """`eqx.is_inexact_array` for a skeleton: which leaves the optimizer updates."""
-    return _is_abstract(x) and jnp.issubdtype(x.dtype, jnp.inexact)
+def _fresh_state(model, optimizer) -> TrainState:
+    """`TrainState.create`, or without optimizer state (traced by `filter_eval_shape`)."""
+    if optimizer is not None:
+        return TrainState.create(model, optimizer)
+    return TrainState(model=model, opt_state=None, step=jnp.zeros((), jnp.int32))
 
 
 def _flat(tree) -> dict[str, Any]:

@@ -42,7 +42,9 @@ __all__ = [
     "shard_state",
     "batch_sharding",
     "shard_batch",
+    "process_rows",
     "make_sharded_train_step",
+    "to_host",
     "save_sharded",
     "load_sharded",
 ]
@@ -200,6 +202,22 @@ def shard_batch(batch: PyTree, mesh: Mesh) -> PyTree:
     )
 
 
+def process_rows(mesh: Mesh, global_batch: int) -> slice:
+    """The rows of a global batch of `global_batch` that this process feeds `shard_batch`:
+    those its devices hold under `batch_sharding(mesh)` (with `make_mesh`'s device order,
+    process i's are the i-th of `jax.process_count()` equal parts)."""
+    if global_batch % mesh.size:
+        raise ValueError(f"global batch {global_batch} is not divisible by the mesh's "
+                         f"{mesh.size} devices")
+    held = batch_sharding(mesh).addressable_devices_indices_map((global_batch,)).values()
+    rows = sorted({(i[0].indices(global_batch)[:2]) for i in held})
+    start, stop = rows[0][0], rows[-1][1]
+    if sum(b - a for a, b in rows) != stop - start:
+        raise ValueError("this process's devices do not hold contiguous rows of the batch; "
+                         "build the mesh with make_mesh (devices in process order)")
+    return slice(start, stop)
+
+
 def make_sharded_train_step(
     loss_fn: Callable[..., Float[Array, ""]],
     optimizer: optax.GradientTransformation,
@@ -224,7 +242,9 @@ def make_sharded_train_step(
     )
 
 
-def _to_host(x):
+def to_host(x):
+    """`x` as a numpy array in every process's memory, also when it spans processes
+    (collective: then every process must call it). Non-arrays pass through."""
     if not eqx.is_array(x):
         return x
     if isinstance(x, jax.Array) and not x.is_fully_addressable:
@@ -239,7 +259,7 @@ def save_sharded(path: str | os.PathLike, model) -> str | None:
     Gathers the whole model into process 0's host memory. Returns the file written (process 0)
     or `None`.
     """
-    host = jax.tree_util.tree_map(_to_host, model)
+    host = jax.tree_util.tree_map(to_host, model)
     file = save(path, host) if jax.process_index() == 0 else None
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices("eqx_bigbird.save_sharded")
