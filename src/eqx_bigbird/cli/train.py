@@ -790,6 +790,18 @@ def _write_outputs(out, state, metrics) -> None:
 def train(args) -> int:
     """Runs `eqx-bigbird train`; 0 when done, 130 when stopped early (a checkpoint saved)."""
     _start_distributed(args)
+    try:
+        return _train(args)
+    except jax.errors.JaxRuntimeError as e:
+        if jax.process_count() == 1:
+            raise
+        # Typically gloo's "connection closed by peer": name the likely cause in one line.
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise ConnectionError(f"process {jax.process_index()}: a collective with the other "
+                              f"processes failed; did one of them die? ({first})") from None
+
+
+def _train(args) -> int:
     if args.save_every is not None:
         require_positive("--save-every", args.save_every)
     require_positive("--keep", args.keep)
