@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 
+import equinox as eqx
 import jax
 import numpy as np
 import pytest
@@ -82,7 +83,7 @@ def _cli_env() -> dict:
 
 
 def _leaves(model):
-    return [np.asarray(x) for x in jax.tree_util.tree_leaves(model)]
+    return [np.asarray(x) for x in jax.tree_util.tree_leaves(eqx.filter(model, eqx.is_array))]
 
 
 def _max_diff(a, b) -> float:

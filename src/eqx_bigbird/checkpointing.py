@@ -134,7 +134,10 @@ class Checkpointer:
         like = eqx.filter_eval_shape(_fresh_state, skeleton, optimizer)
         model, opt_state = like.model, like.opt_state
         placed = _placements(like, mesh, fsdp, min_size)
-        stored = self._manager.item_metadata(step)
+        try:
+            stored = self._manager.item_metadata(step)
+        except READ_ERRORS as e:
+            raise CheckpointError(f"{where}: unreadable checkpoint ({_first_line(e)})") from None
         wanted = ("model",) if optimizer is None else ("model", "opt_state")
         targets = {
             name: _targets(getattr(like, name), getattr(placed, name), stored[name], where, name)
