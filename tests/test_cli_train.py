@@ -54,6 +54,7 @@ def test_run_and_resume_after_interrupt_equals_uninterrupted_run(tmp_path, capsy
         np.testing.assert_array_equal(x, y)
     ma, mb = (json.loads((tmp_path / x / "metrics.json").read_text()) for x in "ab")
     assert ma["history"] == mb["history"] and ma["evals"] == mb["evals"]
+    assert ma["warnings"] == mb["warnings"]
     assert ma["test_accuracy"] == mb["test_accuracy"]
 
 
@@ -128,3 +129,43 @@ def test_train_on_a_device_mesh(tmp_path):
         capture_output=True, text=True,
     )
     assert bad.returncode != 0 and "--mesh '2by1': expected DxF" in bad.stderr
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [("--lr", "nan"), ("--lr", "inf"), ("--lr", "0"), ("--lr", "-1e-3"), ("--dropout", "nan"),
+     ("--dropout", "1"), ("--dropout", "-0.1")],
+)
+def test_non_finite_or_out_of_range_hyperparameters_are_refused(tmp_path, capsys, flag, value):
+    out = tmp_path / "run"
+    assert main(["train", *TINY, "--steps", "1", f"{flag}={value}", "--out", str(out)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{flag} must be a finite number" in err[0]
+    assert err[0].endswith(f"got {float(value)}")
+    assert not out.exists()
+
+
+def test_a_non_finite_loss_stops_the_run_and_keeps_the_checkpoints(tmp_path, capsys,
+                                                                    monkeypatch):
+    """A run interrupted at step 2 leaves OUT/checkpoints/2; its continuation, whose loss turns
+    NaN, exits 1 with one line naming the step, writes no model, and leaves the checkpoints as
+    they were."""
+    from eqx_bigbird.cli import train as train_cli
+
+    out = tmp_path / "run"
+    args = [*TINY, "--steps", "4", "--train-size", "8"]
+    assert main(["train", *args, "--out", str(out), "--stop-after", "2"]) == 130
+    def files():
+        return {p: p.read_bytes() for p in (out / "checkpoints").rglob("*") if p.is_file()}
+
+    before = files()
+    real_loss = train_cli._loss
+    monkeypatch.setattr(train_cli, "_loss", lambda model, batch, *, key: real_loss(
+        model, batch, key=key) * float("nan"))
+    capsys.readouterr()
+    assert main(["train", "--resume", str(out), "--no-progress"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "step 3: the training loss is nan" in err[0]
+    assert "stopped without writing a model" in err[0]
+    assert not (out / "model.safetensors").exists() and not (out / "metrics.json").exists()
+    assert files() == before

@@ -15,6 +15,7 @@ from ._config import BigBirdConfig
 from ._hf_load import build_from_state, finish_load
 from ._hf_names import ENCODER_NAMES, bert_to_bigbird_name
 from ._hf_read import CheckpointError, LazyTensors, read_hf_weights
+from ._hub import local_path
 
 # BERT/RoBERTa config keys -> BigBird's (same meaning, same name).
 _SHARED_FIELDS = (
@@ -72,9 +73,13 @@ def from_bert(
     dtype=None,
     verbose: bool = False,
     return_report: bool = False,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    local_files_only: bool = False,
+    token: str | bool | None = None,
     **model_kwargs,
 ):
-    """Converts a local HF BERT or RoBERTa checkpoint into a BigBird model (warm start).
+    """Converts an HF BERT or RoBERTa checkpoint (a directory or Hub repo id) into a BigBird model (warm start).
 
     **Arguments:**
     - `path`: an HF directory (`config.json` with `model_type` bert/roberta, and weights in any
@@ -84,12 +89,18 @@ def from_bert(
       MLM head).
     - `max_position_embeddings`, `attention_type`, `block_size`, `num_random_blocks`: BigBird's.
     - `key`: initialises what the checkpoint lacks (e.g. RoBERTa-MLM's pooler), with a warning.
+    - `revision`, `cache_dir`, `local_files_only`, `token`: for a Hub repo id (`org/name`),
+      resolved through the HF cache; see `_hub.local_path`.
 
     **Returns:** the model in inference mode (`eqx.nn.inference_mode(model, False)` to train),
     and its `LoadReport` if `return_report`.
     """
     from ._model import BigBirdModel
 
+    path = local_path(
+        path, "model", revision=revision, cache_dir=cache_dir,
+        local_files_only=local_files_only, token=token,
+    )
     raw, config = _read_bert_config(
         path,
         max_position_embeddings=max_position_embeddings,

@@ -214,7 +214,7 @@ class AbstractHead(eqx.Module):
 
     @classmethod
     def from_pretrained(cls, path, **kwargs):
-        """Loads a local HF BigBird directory into this head (inference mode).
+        """Loads an HF BigBird directory or Hub repo id into this head (inference mode).
 
         The encoder comes from the checkpoint's `bert.` weights (a base-model checkpoint works
         too); with `allow_init=True` head weights the checkpoint lacks (e.g. an MLM checkpoint

@@ -18,6 +18,7 @@ import numpy as np
 from ._config import BigBirdConfig
 from ._hf_names import canonical_name, hf_name_of, hf_names, tied_names
 from ._hf_read import CheckpointError, LazyTensors, find_weights_file, read_hf_weights
+from ._hub import local_path
 from ._tree import path_str
 
 
@@ -272,9 +273,13 @@ def from_pretrained(
     dtype=None,
     progress: bool = False,
     return_report: bool = False,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    local_files_only: bool = False,
+    token: str | bool | None = None,
     **model_kwargs,
 ):
-    """Builds `cls` from a local HF directory; see `BigBirdModel.from_pretrained`.
+    """Builds `cls` from an HF directory or Hub repo id; see `BigBirdModel.from_pretrained`.
 
     `cls` is one of our model classes (its HF names are `_hf_names.hf_names(cls, config)`), built
     as `cls(config, key=key, **model_kwargs)`.
@@ -285,8 +290,14 @@ def from_pretrained(
     - `dtype`: `None` (float32, the model's own), `"keep"` (the checkpoint's: bf16 stays bf16),
       or a dtype to cast to.
     - `return_report`: return `(model, LoadReport)`.
+    - `revision`, `cache_dir`, `local_files_only`, `token`: for a Hub repo id (`org/name`),
+      resolved through the HF cache; see `_hub.local_path`.
     - `model_kwargs`: passed to the model constructor (e.g. `scan_layers=False`).
     """
+    path = local_path(
+        path, "model", revision=revision, cache_dir=cache_dir,
+        local_files_only=local_files_only, token=token,
+    )
     weights = find_weights_file(path)
     config = read_config(path, weights)
     if config_overrides:

@@ -374,9 +374,11 @@ class BigBirdModel(eqx.Module):
 
     @classmethod
     def from_pretrained(cls, path, **kwargs) -> "BigBirdModel":
-        """Loads a local HF BigBird directory (`config.json` + `model.safetensors` or
-        `flax_model.msgpack`); see `eqx_bigbird._hf_load.from_pretrained` for the keywords.
-        The model comes back in inference mode, like HF's `from_pretrained`."""
+        """Loads an HF BigBird directory (`config.json` + `model.safetensors` or
+        `flax_model.msgpack`) or a Hub repo id (`"google/bigbird-roberta-base"`, through the HF
+        cache; `revision=`, `cache_dir=`, `local_files_only=`, `token=`); see
+        `eqx_bigbird._hf_load.from_pretrained` for the keywords. The model comes back in
+        inference mode, like HF's `from_pretrained`."""
         from ._hf_load import from_pretrained
 
         return from_pretrained(cls, path, **kwargs)

@@ -284,14 +284,31 @@ class Tokenizer:
             self._ids[role] = token_id
 
     @classmethod
-    def from_pretrained(cls, folder: str | os.PathLike) -> "Tokenizer":
+    def from_pretrained(
+        cls,
+        folder: str | os.PathLike,
+        *,
+        revision: str | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        local_files_only: bool = False,
+        token: str | bool | None = None,
+    ) -> "Tokenizer":
         """Loads `folder/tokenizer.json`, else `folder/spiece.model` (needs `sentencepiece`).
+
+        `folder` may be a Hub repo id (`org/name`), resolved through the HF cache with `revision`,
+        `cache_dir`, `local_files_only` and `token` (see `_hub.local_path`); only the tokenizer
+        files are fetched.
 
         Special tokens come from `tokenizer_config.json` / `special_tokens_map.json` when present,
         else from the vocabulary (`[PAD]`/`<pad>`, `[CLS]`/`<s>`, `[SEP]`/`</s>`, `[MASK]`/`<mask>`,
         `[UNK]`/`<unk>`).
         """
-        folder = os.fspath(folder)
+        from ._hub import local_path  # imports this module
+
+        folder = local_path(
+            folder, "tokenizer", revision=revision, cache_dir=cache_dir,
+            local_files_only=local_files_only, token=token,
+        )
         if not os.path.exists(folder):
             raise FileNotFoundError(f"tokenizer directory {folder!r} does not exist")
         if not os.path.isdir(folder):

@@ -7,12 +7,13 @@ import os
 from .. import from_bert, load, save, save_pretrained
 from .._hf_read import find_weights_file
 from .._serialization import model_classes
-from .args import add_command
+from .args import add_command, add_hub_flags, hub_ids_to_paths
 
 PROGRESS_BYTES = 64 * 2**20  # show a progress bar for checkpoints larger than this
 
 EXAMPLES = """\
 examples:
+  eqx-bigbird convert google/bigbird-roberta-base model.eqx.safetensors  # Hub id -> ours
   eqx-bigbird convert hf/bigbird-roberta-base model.eqx.safetensors     # HF dir -> ours
   eqx-bigbird convert hf/flax_model.msgpack out/ --dtype float32        # cast bf16 to f32
   eqx-bigbird convert hf/model.safetensors.index.json out.safetensors   # sharded
@@ -26,12 +27,15 @@ def add_parser(sub) -> None:
     p = add_command(
         sub, "convert", convert,
         help="convert an HF checkpoint to an eqx-bigbird checkpoint (or back with --to-hf)",
-        description="Converts a local HF BigBird checkpoint (directory, model.safetensors, sharded "
-        "index, flax_model.msgpack, or pytorch_model.bin when torch is installed) into one "
+        description="Converts an HF BigBird checkpoint (a Hub repo id or a directory, "
+        "model.safetensors, sharded index, flax_model.msgpack, or pytorch_model.bin when torch "
+        "is installed) into one "
         "eqx-bigbird file, and prints what was used.",
         examples=EXAMPLES,
     )
-    p.add_argument("src", help="HF directory or weights file (ours, with --to-hf)")
+    p.add_argument("src", help="HF directory, Hub repo id (org/name) or weights file (ours, "
+                   "with --to-hf)")
+    add_hub_flags(p)
     p.add_argument("dst", help="output file, or directory (then DST/eqx_bigbird.safetensors)")
     p.add_argument(
         "--model-class",
@@ -111,6 +115,7 @@ def convert(args) -> int:
         save_pretrained(model, args.dst, flax=args.flax)
         log(f"wrote {type(model).__name__} as an HF checkpoint to {args.dst}")
         return 0
+    hub_ids_to_paths(args, "src", with_tokenizer=False)
     progress = not args.quiet and _weights_bytes(args.src) > PROGRESS_BYTES
     cls = _model_class(args.src, args.model_class)
     if args.from_bert:

@@ -6,6 +6,7 @@ import sys
 
 from .. import CheckpointError
 from . import convert, tools, train
+from .health import Diverged
 
 # name -> function adding its sub-parser, in the order `--help` lists them.
 SUBCOMMANDS = {
@@ -35,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (CheckpointError, ValueError, TypeError, OSError) as e:
+    except (CheckpointError, ValueError, TypeError, OSError, Diverged) as e:
         print(f"eqx-bigbird {args.command}: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -11,17 +11,25 @@ import numpy as np
 from .. import BigBirdForMaskedLM, BigBirdForPreTraining, BigBirdModel, Tokenizer, load
 from .._io import atomic_writer
 from .._serialization import checkpoint_file
-from .args import add_checkpoint, add_command, add_tokenizer, encoder_of, require_positive
+from .args import (
+    add_checkpoint,
+    add_command,
+    add_tokenizer,
+    encoder_of,
+    hub_ids_to_paths,
+    require_positive,
+)
 
 FILL_MASK_EXAMPLES = """\
 examples:
-  eqx-bigbird fill-mask hf/bigbird-roberta-base "Paris is the [MASK] of France."
+  eqx-bigbird fill-mask google/bigbird-roberta-base "Paris is the [MASK] of France."
+  eqx-bigbird fill-mask hf/bigbird-roberta-base "Paris is the [MASK] of France."   # a directory
   eqx-bigbird fill-mask mlm.safetensors --tokenizer hf/bigbird-roberta-base "a [MASK] day" -k 10
 """
 
 EMBED_EXAMPLES = """\
 examples:
-  eqx-bigbird embed hf/bigbird-roberta-base docs/*.txt --out embeddings.npy
+  eqx-bigbird embed google/bigbird-roberta-base docs/*.txt --out embeddings.npy
   eqx-bigbird embed model.safetensors a.txt b.txt --out x.npy --tokenizer hf/bigbird-roberta-base
   eqx-bigbird embed hf/bigbird-roberta-base *.txt --out x.npy --normalize --max-length 2048
 """
@@ -32,7 +40,7 @@ def add_fill_mask(sub) -> None:
         sub, "fill-mask", fill_mask,
         help="the top-k tokens (with probabilities) for each mask token in a text",
         description="Runs a masked-LM checkpoint (BigBirdForMaskedLM or BigBirdForPreTraining; "
-        "an HF directory or our format) on TEXT and prints, for every mask token, the k most "
+        "an HF directory, a Hub repo id or our format) on TEXT and prints, for every mask token, the k most "
         "probable tokens.",
         examples=FILL_MASK_EXAMPLES,
     )
@@ -105,6 +113,7 @@ def _load_encoder(path):
 
 def fill_mask(args) -> int:
     require_positive("--top-k", args.top_k)
+    hub_ids_to_paths(args, "checkpoint")
     tokenizer = _tokenizer(args)
     model = _load_mlm(args.checkpoint)
     mask_id = tokenizer.mask_token_id
@@ -162,6 +171,7 @@ def _embed_texts(encoder, tokenizer, texts, max_length) -> tuple[np.ndarray, int
 
 
 def embed(args) -> int:
+    hub_ids_to_paths(args, "checkpoint")
     tokenizer = _tokenizer(args)
     encoder = _load_encoder(args.checkpoint)
     most = encoder.config.max_position_embeddings
