@@ -231,7 +231,7 @@ def _padded(run) -> int:
 
 @dataclasses.dataclass
 class _Record:
-    """The run so far, as progress.json and metrics.json keep it."""
+    """The run so far, as the checkpoints' progress record and metrics.json keep it."""
 
     run: dict
     key: jax.Array  # the training key: step s uses fold_in(key, s)
