@@ -44,7 +44,8 @@ def save(path: str | os.PathLike, model) -> str:
         "format": FORMAT,
         "format_version": str(FORMAT_VERSION),
         "model_class": header["model_class"],
-        **{k: json.dumps(header[k], sort_keys=True) for k in ("config", "init_kwargs", "inference")},
+        **{k: json.dumps(header[k], sort_keys=True)
+           for k in ("config", "init_kwargs", "inference")},
     }
     write_safetensors(file, array_leaves(model), metadata)
     return file
