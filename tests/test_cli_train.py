@@ -32,19 +32,21 @@ def _check_outputs(out):
     assert [e["step"] for e in metrics["evals"]] == [2, 4, 5]  # every 2 steps, and at the end
     assert 0.0 <= metrics["test_accuracy"] <= 1.0 and 0.0 <= metrics["majority_baseline"] <= 1.0
     assert (out / "training.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert not (out / "resume").exists()
+    assert not (out / "checkpoints").exists()
 
 
 def test_run_and_resume_after_interrupt_equals_uninterrupted_run(tmp_path, capsys):
     """A tiny run writes the checkpoint, metrics and plot. --stop-after acts as Ctrl-C after that
-    step: exit 130 with OUT/resume saved; --resume then ends with bit-identical parameters, losses
-    and validation results (same batches, same keys, same optimizer state)."""
+    step: exit 130 with OUT/checkpoints/3 saved; --resume then ends with bit-identical
+    parameters, losses and validation results (same batches, same keys, same optimizer state)."""
     args = [*TINY, "--steps", "5", "--eval-every", "2", "--train-size", "6", "--dropout", "0.1"]
     assert main(["train", *args, "--out", str(tmp_path / "a")]) == 0
     _check_outputs(tmp_path / "a")
     assert "test accuracy" in capsys.readouterr().out
     assert main(["train", *args, "--out", str(tmp_path / "b"), "--stop-after", "3"]) == 130
-    progress = json.loads((tmp_path / "b" / "resume" / "progress.json").read_text())
+    with eb.Checkpointer(tmp_path / "b" / "checkpoints", read_only=True) as checkpoints:
+        assert checkpoints.steps() == [3]
+        progress = checkpoints.extra()
     assert progress["step"] == 3 and progress["examples_seen"] == 6
     assert main(["train", "--resume", str(tmp_path / "b"), "--no-progress"]) == 0
     a, b = (eb.load(tmp_path / x / "model.safetensors") for x in "ab")
@@ -143,16 +145,20 @@ def test_non_finite_or_out_of_range_hyperparameters_are_refused(tmp_path, capsys
     assert not out.exists()
 
 
-def test_a_non_finite_loss_stops_the_run_and_keeps_the_resume_folder(tmp_path, capsys,
-                                                                     monkeypatch):
-    """A run interrupted at step 2 leaves OUT/resume; its continuation, whose loss turns NaN,
-    exits 1 with one line naming the step, writes no model, and leaves OUT/resume as it was."""
+def test_a_non_finite_loss_stops_the_run_and_keeps_the_checkpoints(tmp_path, capsys,
+                                                                    monkeypatch):
+    """A run interrupted at step 2 leaves OUT/checkpoints/2; its continuation, whose loss turns
+    NaN, exits 1 with one line naming the step, writes no model, and leaves the checkpoints as
+    they were."""
     from eqx_bigbird.cli import train as train_cli
 
     out = tmp_path / "run"
     args = [*TINY, "--steps", "4", "--train-size", "8"]
     assert main(["train", *args, "--out", str(out), "--stop-after", "2"]) == 130
-    before = {p.name: p.read_bytes() for p in (out / "resume").iterdir()}
+    def files():
+        return {p: p.read_bytes() for p in (out / "checkpoints").rglob("*") if p.is_file()}
+
+    before = files()
     real_loss = train_cli._loss
     monkeypatch.setattr(train_cli, "_loss", lambda model, batch, *, key: real_loss(
         model, batch, key=key) * float("nan"))
@@ -162,4 +168,4 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_resume_folder(tmp_path, c
     assert len(err) == 1 and "step 3: the training loss is nan" in err[0]
     assert "stopped without writing a model" in err[0]
     assert not (out / "model.safetensors").exists() and not (out / "metrics.json").exists()
-    assert {p.name: p.read_bytes() for p in (out / "resume").iterdir()} == before
+    assert files() == before

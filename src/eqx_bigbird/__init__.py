@@ -1,6 +1,6 @@
 """eqx-bigbird: BigBird (block-sparse attention for long sequences) in JAX + Equinox."""
 
-from . import data, plotting, sharding, sparse_attention, training
+from . import checkpointing, data, plotting, sharding, sparse_attention, training
 from ._attention import AbstractAttention, AttentionOutput, BlockSparseAttention, FullAttention
 from ._bert import from_bert
 from ._config import BigBirdConfig
@@ -67,6 +67,7 @@ from ._tokenizer import (
     char_span_to_token_span,
     token_span_to_text,
 )
+from .checkpointing import Checkpointer, load_training_state
 from .sharding import (
     load_sharded,
     make_mesh,
@@ -160,7 +161,11 @@ __all__ = [
     "make_sharded_train_step",
     "save_sharded",
     "load_sharded",
+    # training-state checkpoints (Orbax)
+    "Checkpointer",
+    "load_training_state",
     # submodules
+    "checkpointing",
     "sparse_attention",
     "training",
     "sharding",

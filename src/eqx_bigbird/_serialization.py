@@ -38,19 +38,48 @@ def save(path: str | os.PathLike, model) -> str:
     `eqx_bigbird.safetensors`), atomically. Returns the file written."""
     file = checkpoint_file(path)
     os.makedirs(os.path.dirname(os.path.abspath(file)), exist_ok=True)
-    cls = type(model)
-    if model_classes().get(cls.__name__) is not cls:
-        raise TypeError(f"cannot save a {cls.__name__}: not an eqx_bigbird model class")
+    header = model_header(model)
     metadata = {
         "format": FORMAT,
         "format_version": str(FORMAT_VERSION),
-        "model_class": cls.__name__,
-        "config": json.dumps(model.config.to_hf(), sort_keys=True),
-        "init_kwargs": json.dumps(model.init_kwargs(), sort_keys=True),
-        "inference": json.dumps(bool(getattr(model, "inference", False))),
+        "model_class": header["model_class"],
+        **{k: json.dumps(header[k], sort_keys=True)
+           for k in ("config", "init_kwargs", "inference")},
     }
     write_safetensors(file, array_leaves(model), metadata)
     return file
+
+
+def model_header(model) -> dict:
+    """What rebuilds `model`'s skeleton (JSON-able): its class name, config, init kwargs and
+    inference flag. Our training-state checkpoints store it too."""
+    cls = type(model)
+    if model_classes().get(cls.__name__) is not cls:
+        raise TypeError(f"cannot save a {cls.__name__}: not an eqx_bigbird model class")
+    return {
+        "model_class": cls.__name__,
+        "config": model.config.to_hf(),
+        "init_kwargs": model.init_kwargs(),
+        "inference": bool(getattr(model, "inference", False)),
+    }
+
+
+def model_skeleton(header: dict, source, cls: type | None = None):
+    """The shape-only model (`jax.ShapeDtypeStruct` array leaves, training mode) that `header`
+    describes; `CheckpointError` naming `source` if it cannot be rebuilt."""
+    name = header["model_class"]
+    classes = model_classes()
+    if name not in classes:
+        raise CheckpointError(f"{source}: unknown model class {name!r} (known: {sorted(classes)})")
+    if cls is not None and classes[name] is not cls:
+        raise CheckpointError(f"{source}: holds a {name}, not a {cls.__name__}")
+    try:
+        config = config_class(classes[name]).from_hf(header["config"])
+    except (ValueError, TypeError) as e:
+        raise CheckpointError(f"{source}: bad config in header: {e}") from None
+    return eqx.filter_eval_shape(
+        classes[name], config, key=jr.PRNGKey(0), **header["init_kwargs"]
+    )
 
 
 def read_header(path: str | os.PathLike) -> dict:
@@ -90,17 +119,7 @@ def load(path: str | os.PathLike, cls: type | None = None, *, dtype="keep"):
     file = checkpoint_file(path)
     header = read_header(file)
     name = header["model_class"]
-    classes = model_classes()
-    if name not in classes:
-        raise CheckpointError(f"{file}: unknown model class {name!r} (known: {sorted(classes)})")
-    if cls is not None and classes[name] is not cls:
-        raise CheckpointError(f"{file}: holds a {name}, not a {cls.__name__}")
-    cls = classes[name]
-    try:
-        config = config_class(cls).from_hf(header["config"])
-    except (ValueError, TypeError) as e:
-        raise CheckpointError(f"{file}: bad config in header: {e}") from None
-    skeleton = eqx.filter_eval_shape(cls, config, key=jr.PRNGKey(0), **header["init_kwargs"])
+    skeleton = model_skeleton(header, file, cls)
     paths = [
         path_str(p)
         for p, x in jax.tree_util.tree_flatten_with_path(skeleton)[0]

@@ -12,9 +12,11 @@
   (`fsdp=True`, ZeRO-3 / FSDP), or sharded over one axis and replicated over the others
   (`fsdp="fsdp"`: shard within a host, replicate across hosts). Which dimension of a leaf is split
   is decided by one rule over the pytree, `leaf_spec`.
-- Multi-host: call `jax.distributed.initialize()` first; the code is the same. `shard_batch` takes
-  each process's local rows; `save_sharded` gathers and writes from process 0; `load_sharded`
-  reads on every process and places the shards.
+- Several processes (hosts): call `initialize_distributed` first; the code is the same.
+  `shard_batch` takes each process's own rows; training state is checkpointed by
+  `eqx_bigbird.checkpointing` (each process writes its shards); `save_sharded` gathers a model
+  and process 0 writes our single-file format; `load_sharded` reads it on every process and
+  places the shards.
 """
 
 import os
@@ -33,13 +35,16 @@ from ._serialization import load, save
 from .training import TrainState, make_train_step
 
 __all__ = [
+    "initialize_distributed",
     "make_mesh",
     "leaf_spec",
     "state_shardings",
     "shard_state",
     "batch_sharding",
     "shard_batch",
+    "process_rows",
     "make_sharded_train_step",
+    "to_host",
     "save_sharded",
     "load_sharded",
 ]
@@ -48,6 +53,30 @@ DATA, FSDP = "data", "fsdp"
 # Leaves smaller than this (elements) stay replicated: biases and LayerNorm scales cost more in
 # per-leaf collective latency than the memory they would save.
 MIN_SHARD_SIZE = 2**14
+
+
+def initialize_distributed(
+    coordinator: str | None = None, num_processes: int | None = None,
+    process_id: int | None = None, *, initialization_timeout: int = 300,
+    heartbeat_timeout: int = 100,
+) -> None:
+    """`jax.distributed.initialize` with bounded waits; call it in every process before any
+    other JAX call. Arguments left `None` come from `JAX_COORDINATOR_ADDRESS` or the cluster
+    (SLURM, Open MPI, Cloud TPU, ... auto-detected by JAX).
+
+    A process that has not connected within `initialization_timeout` seconds, or one that stops
+    sending heartbeats for `heartbeat_timeout` seconds (killed, hung), ends every other process
+    with JAX's error naming the unhealthy task, instead of a hang. On the CPU backend,
+    cross-process collectives run over gloo.
+    """
+    if jax.config.jax_cpu_collectives_implementation in (None, "none"):
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(
+        coordinator, num_processes, process_id,
+        initialization_timeout=initialization_timeout,
+        heartbeat_timeout_seconds=heartbeat_timeout,
+        shutdown_timeout_seconds=heartbeat_timeout,
+    )
 
 
 def make_mesh(data: int | None = None, fsdp: int = 1, *, devices=None) -> Mesh:
@@ -113,7 +142,8 @@ def state_shardings(
     min_size: int = MIN_SHARD_SIZE,
 ) -> PyTree:
     """A `NamedSharding` for every array leaf of `tree` (a model, an optimizer state, a
-    `TrainState`), `None` for everything else: the rule `leaf_spec` applied leaf by leaf.
+    `TrainState`; arrays or `jax.ShapeDtypeStruct`s), `None` for everything else: the rule
+    `leaf_spec` applied leaf by leaf.
 
     `fsdp`: `False` replicates; `True` shards over all mesh axes; an axis name (or tuple) shards
     over those axes only and replicates over the rest.
@@ -122,12 +152,17 @@ def state_shardings(
     n = int(np.prod([mesh.shape[a] for a in axes], dtype=np.int64))
 
     def one(path, x):
-        if not eqx.is_array(x):
+        if not _is_array_like(x):
             return None
         spec = leaf_spec(x.shape, n, axes, stacked=_is_stacked(path), min_size=min_size)
         return NamedSharding(mesh, spec)
 
-    return jax.tree_util.tree_map_with_path(one, eqx.filter(tree, eqx.is_array))
+    return jax.tree_util.tree_map_with_path(one, eqx.filter(tree, _is_array_like))
+
+
+def _is_array_like(x) -> bool:
+    # Shape-only leaves too: a skeleton's shardings are what a checkpoint restores onto.
+    return eqx.is_array(x) or isinstance(x, jax.ShapeDtypeStruct)
 
 
 def _put(x, sharding: NamedSharding):
@@ -167,6 +202,22 @@ def shard_batch(batch: PyTree, mesh: Mesh) -> PyTree:
     )
 
 
+def process_rows(mesh: Mesh, global_batch: int) -> slice:
+    """The rows of a global batch of `global_batch` that this process feeds `shard_batch`:
+    those its devices hold under `batch_sharding(mesh)` (with `make_mesh`'s device order,
+    process i's are the i-th of `jax.process_count()` equal parts)."""
+    if global_batch % mesh.size:
+        raise ValueError(f"global batch {global_batch} is not divisible by the mesh's "
+                         f"{mesh.size} devices")
+    held = batch_sharding(mesh).addressable_devices_indices_map((global_batch,)).values()
+    rows = sorted({(i[0].indices(global_batch)[:2]) for i in held})
+    start, stop = rows[0][0], rows[-1][1]
+    if sum(b - a for a, b in rows) != stop - start:
+        raise ValueError("this process's devices do not hold contiguous rows of the batch; "
+                         "build the mesh with make_mesh (devices in process order)")
+    return slice(start, stop)
+
+
 def make_sharded_train_step(
     loss_fn: Callable[..., Float[Array, ""]],
     optimizer: optax.GradientTransformation,
@@ -191,7 +242,9 @@ def make_sharded_train_step(
     )
 
 
-def _to_host(x):
+def to_host(x):
+    """`x` as a numpy array in every process's memory, also when it spans processes
+    (collective: then every process must call it). Non-arrays pass through."""
     if not eqx.is_array(x):
         return x
     if isinstance(x, jax.Array) and not x.is_fully_addressable:
@@ -206,7 +259,7 @@ def save_sharded(path: str | os.PathLike, model) -> str | None:
     Gathers the whole model into process 0's host memory. Returns the file written (process 0)
     or `None`.
     """
-    host = jax.tree_util.tree_map(_to_host, model)
+    host = jax.tree_util.tree_map(to_host, model)
     file = save(path, host) if jax.process_index() == 0 else None
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices("eqx_bigbird.save_sharded")

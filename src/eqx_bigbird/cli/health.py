@@ -79,7 +79,7 @@ class Health:
         )
 
     def state(self) -> dict:
-        """What `resumed` needs to continue watching (progress.json keeps it)."""
+        """What `resumed` needs to continue watching (the checkpoint's progress record keeps it)."""
         best = None if math.isinf(self._best_window) else self._best_window
         return {"warnings": self.warnings, "best_window": best,
                 "in_spike": self._in_spike, "collapsed": self._collapsed,

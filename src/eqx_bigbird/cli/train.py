@@ -2,8 +2,12 @@
 the user's JSONL documents, with progress, validation, a checkpoint, metrics and a plot.
 
 Everything that decides the run (data, batch order, PRNG keys) is a function of the arguments and
-the step number, so an interrupted run resumes exactly: the resume folder holds the train state
-(model + optimizer + step) and the arguments; the batch of step `s` and its key are recomputed.
+the step number, so an interrupted run resumes exactly: OUT/checkpoints/<step>/ (an Orbax
+training-state checkpoint, `eqx_bigbird.checkpointing`) holds the train state (model + optimizer +
+step) and the arguments; the batch of step `s` and its key are recomputed.
+
+`--distributed`: one process of several (`jax.distributed`); every process runs the same command
+on the same data files, feeds its own rows of each batch, and process 0 alone prints and writes.
 """
 
 import argparse
@@ -15,7 +19,6 @@ import os
 import resource
 import shutil
 import signal
-import tempfile
 import time
 
 import equinox as eqx
@@ -24,21 +27,23 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 import optax
+from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
 from .. import (
     BigBirdConfig,
     BigBirdForSequenceClassification,
     BigBirdModel,
+    CheckpointError,
     Tokenizer,
     load,
-    save,
     sequence_classification_loss,
     sharding,
 )
 from .._io import atomic_write_text
 from .._serialization import checkpoint_file
 from .._tree import array_leaves, path_str
+from ..checkpointing import Checkpointer
 from ..data import listops
 from ..training import TrainState, make_train_step
 from .args import (
@@ -69,10 +74,8 @@ DEFAULTS = dict(
     steps=1000, batch_size=16, lr=1e-3, dropout=0.0, seed=0, eval_every=200, val_size=256,
     test_size=1000,
 )
-RESUME_DIR = "resume"
-STATE_FILE = "train_state.eqx"
+CHECKPOINT_DIR = "checkpoints"
 MODEL_FILE = "model.safetensors"
-PROGRESS_FILE = "progress.json"
 METRICS_FILE = "metrics.json"
 PLOT_FILE = "training.png"
 
@@ -86,8 +89,14 @@ examples:
   eqx-bigbird train --init hf/bigbird-roberta-base --data docs.jsonl    # your documents
   eqx-bigbird train --resume runs/20250101-120000     # continue after Ctrl-C, same data order
 
-Ctrl-C stops after the current step and saves OUT/resume/ (model, optimizer state, step, data
-position, PRNG key); `--resume OUT` continues and ends as the uninterrupted run would have.
+Ctrl-C stops after the current step and saves OUT/checkpoints/<step>/ (model, optimizer state,
+step, data position, PRNG key); `--resume OUT` continues and ends as the uninterrupted run would
+have, on any mesh or number of processes.
+
+several processes (same command and data files on each; here two on one machine):
+  eqx-bigbird train --distributed --coordinator 127.0.0.1:4321 --num-processes 2 --process-id 0
+  eqx-bigbird train --distributed --coordinator 127.0.0.1:4321 --num-processes 2 --process-id 1
+  srun --ntasks-per-node=1 eqx-bigbird train --distributed    # SLURM: JAX reads the rest
 """
 
 
@@ -165,8 +174,24 @@ def _add_run_flags(p) -> None:
     p.add_argument("--fsdp", choices=["none", "all", "fsdp"], default="none",
                    help="parameter/optimizer sharding on the mesh: replicated (none), over all "
                    "devices (all), or over the fsdp axis only (fsdp)")
-    p.add_argument("--distributed", action="store_true",
-                   help="call jax.distributed.initialize() first (one process per host)")
+    p.add_argument("--save-every", type=int, metavar="N", help="also checkpoint every N steps "
+                   "(default: only when interrupted)")
+    p.add_argument("--keep", type=int, default=3, metavar="K", help="checkpoints kept (default 3)")
+    _add_distributed_flags(p)
+
+
+def _add_distributed_flags(p) -> None:
+    p.add_argument("--distributed", action="store_true", help="one process of several "
+                   "(jax.distributed; one per host); flags not given come from "
+                   "$JAX_COORDINATOR_ADDRESS or the cluster (SLURM, Open MPI, Cloud TPU)")
+    p.add_argument("--coordinator", metavar="HOST:PORT", help="process 0's address")
+    p.add_argument("--num-processes", type=int, metavar="N")
+    p.add_argument("--process-id", type=int, metavar="I", help="0 .. N-1")
+    p.add_argument("--init-timeout", type=int, default=300, metavar="S",
+                   help="seconds to wait for every process to connect (default 300)")
+    p.add_argument("--heartbeat-timeout", type=int, default=100, metavar="S",
+                   help="a process silent this long counts as dead: every process stops with "
+                   "an error (default 100)")
 
 
 # -- the run's settings ---------------------------------------------------------------------------
@@ -206,7 +231,7 @@ def _padded(run) -> int:
 
 @dataclasses.dataclass
 class _Record:
-    """The run so far, as progress.json and metrics.json keep it."""
+    """The run so far, as the checkpoints' progress record and metrics.json keep it."""
 
     run: dict
     key: jax.Array  # the training key: step s uses fold_in(key, s)
@@ -444,58 +469,92 @@ def _predict(model, ids, mask):
 
 def _evaluate(model, split: _Split, batch_size: int) -> tuple[float, float, np.ndarray]:
     """(accuracy, mean cross-entropy, the predicted classes) over a split; the last batch is
-    padded to keep one shape."""
+    padded to keep one shape. On a mesh each process computes its rows of every batch, and every
+    process gets the result."""
+    place = _placement(_mesh_of(model))
     predicted, loss, n = [], 0.0, len(split)
     for start in range(0, n, batch_size):
         idx = np.arange(start, start + batch_size) % n
-        pred, logits = _predict(model, jnp.asarray(split.ids[idx]), jnp.asarray(split.mask[idx]))
+        batch = place({"ids": split.ids[idx], "mask": split.mask[idx]})
+        pred, logits = _predict(model, jnp.asarray(batch["ids"]), jnp.asarray(batch["mask"]))
+        pred, logits = sharding.to_host(pred), sharding.to_host(logits)
         real = min(batch_size, n - start)
-        predicted.append(np.asarray(pred)[:real])
+        predicted.append(pred[:real])
         ce = optax.softmax_cross_entropy_with_integer_labels(
-            logits[:real], jnp.asarray(split.labels[idx][:real])
+            jnp.asarray(logits[:real]), jnp.asarray(split.labels[idx][:real])
         )
         loss += float(ce.sum())
     predicted = np.concatenate(predicted)
     return float((predicted == split.labels).mean()), loss / n, predicted
 
 
+def _mesh_of(model):
+    """The mesh the model is placed on, or None (one device)."""
+    leaf = jax.tree_util.tree_leaves(eqx.filter(model, eqx.is_array))[0]
+    return leaf.sharding.mesh if isinstance(leaf.sharding, jax.sharding.NamedSharding) else None
+
+
+def _placement(mesh):
+    """batch -> the arrays a step takes: on a mesh, this process's rows of the global batch,
+    assembled into global arrays."""
+    if mesh is None:
+        return lambda batch: batch
+
+    def place(batch):
+        rows = sharding.process_rows(mesh, len(next(iter(batch.values()))))
+        return sharding.shard_batch({k: np.asarray(v)[rows] for k, v in batch.items()}, mesh)
+
+    return place
+
+
 # -- resumable state ------------------------------------------------------------------------------
 
-
-def _save_resume(out, state, progress):
-    """Writes OUT/resume/ as a whole or not at all: a temp folder renamed into place."""
-    tmp = tempfile.mkdtemp(dir=out, prefix=".resume-")
-    try:
-        save(os.path.join(tmp, MODEL_FILE), state.model)  # class + config, to rebuild the skeleton
-        eqx.tree_serialise_leaves(os.path.join(tmp, STATE_FILE), state)
-        atomic_write_text(os.path.join(tmp, PROGRESS_FILE), json.dumps(progress, indent=1))
-        final = os.path.join(out, RESUME_DIR)
-        old = None
-        if os.path.exists(final):
-            old = final + ".old"
-            shutil.rmtree(old, ignore_errors=True)
-            os.rename(final, old)
-        os.rename(tmp, final)
-        if old:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return final
+PROGRESS_KEYS = ("run", "step", "history", "evals", "elapsed")
 
 
-def _load_resume(folder, optimizer):
-    model = eqx.nn.inference_mode(load(os.path.join(folder, MODEL_FILE)), False)
-    like = TrainState.create(model, optimizer)
-    return eqx.tree_deserialise_leaves(os.path.join(folder, STATE_FILE), like)
+def _resume_checkpoints(path) -> Checkpointer:
+    """The checkpoints of the run in `path` (its output folder, or the checkpoints folder)."""
+    for folder in (os.path.join(path, CHECKPOINT_DIR), path):
+        if os.path.isdir(folder):
+            checkpoints = Checkpointer(folder, read_only=True)
+            if checkpoints.steps():
+                return checkpoints
+            checkpoints.close()
+    raise ValueError(f"--resume {path}: no complete checkpoint in {path}/{CHECKPOINT_DIR} "
+                     "(nothing to resume)")
 
 
-def _resume_folder(path):
-    # RESUME_DIR.old: a save interrupted between its two renames.
-    for folder in (os.path.join(path, RESUME_DIR), path, os.path.join(path, RESUME_DIR + ".old")):
-        if os.path.isfile(os.path.join(folder, PROGRESS_FILE)):
-            return folder
-    raise ValueError(f"--resume {path}: no {RESUME_DIR}/{PROGRESS_FILE} there (nothing to resume)")
+def _read_progress(checkpoints: Checkpointer) -> dict:
+    """The progress record saved with the latest checkpoint, checked enough to resume from."""
+    step = checkpoints.latest_step()
+    where = os.path.join(checkpoints.directory, str(step))
+    progress = checkpoints.extra(step)
+    missing = [k for k in PROGRESS_KEYS if k not in progress]
+    run = progress.get("run")
+    if missing or not isinstance(run, dict) or set(RUN_FIELDS) - set(run):
+        raise CheckpointError(f"{where}/meta: not a progress record of `eqx-bigbird train` "
+                              f"(missing {missing or sorted(set(RUN_FIELDS) - set(run or {}))})")
+    if progress["step"] != step:
+        raise CheckpointError(f"{where}/meta: progress of step {progress['step']}, not {step}")
+    return progress
+
+
+class _Saver:
+    """OUT/checkpoints/, opened on the first save (every process saves at the same steps)."""
+
+    def __init__(self, out, keep):
+        self.folder, self.keep, self.checkpoints = os.path.join(out, CHECKPOINT_DIR), keep, None
+
+    def __call__(self, state, progress) -> str:
+        if self.checkpoints is None:
+            self.checkpoints = Checkpointer(self.folder, max_to_keep=self.keep)
+        step = self.checkpoints.save(state, extra=progress)
+        return os.path.join(self.folder, str(step))
+
+    def close(self):
+        if self.checkpoints is not None:
+            self.checkpoints.close()
+            self.checkpoints = None
 
 
 # -- outputs --------------------------------------------------------------------------------------
@@ -539,17 +598,28 @@ def _plot(path, history, evals, test_acc, baseline):
 
 class _Stop:
     """Ctrl-C sets a flag that the loop reads between steps (a step interrupted halfway would
-    have donated the state's buffers); a second Ctrl-C interrupts at once."""
+    have donated the state's buffers); a second Ctrl-C interrupts at once. With several
+    processes, reading it is a collective: all stop at the same step when any was asked to."""
 
     def __init__(self):
-        self.requested = False
+        self.local = False
         self.previous = None
+
+    @property
+    def requested(self) -> bool:
+        if jax.process_count() == 1:
+            return self.local
+        return bool(multihost_utils.process_allgather(np.array(self.local)).any())
+
+    @requested.setter
+    def requested(self, value: bool) -> None:
+        self.local = value
 
     def __enter__(self):
         def handler(signum, frame):
-            if self.requested:
+            if self.local:
                 raise KeyboardInterrupt
-            self.requested = True
+            self.local = True
 
         try:
             self.previous = signal.signal(signal.SIGINT, handler)
@@ -576,22 +646,44 @@ def _keys(seed: int):
     return jr.split(jr.PRNGKey(seed))
 
 
-def _setup(args, t_start) -> tuple[_Record, str, str | None]:
-    """(the record to continue, the output folder, the folder resumed from or None)."""
+def _setup(args, t_start) -> tuple[_Record, str, Checkpointer | None]:
+    """(the record to continue, the output folder, the checkpoints resumed from or None)."""
     if args.resume:
-        folder = _resume_folder(args.resume)
-        with open(os.path.join(folder, PROGRESS_FILE), encoding="utf-8") as f:
-            progress = json.load(f)
+        resumed = _resume_checkpoints(args.resume)
+        progress = _read_progress(resumed)
         run, out = progress["run"], args.out or args.resume
         history, evals, elapsed = progress["history"], progress["evals"], progress["elapsed"]
         health = Health.resumed(progress["health"], [h["loss"] for h in history])
     else:
-        folder, run = None, _resolve(args)
-        out = args.out or os.path.join("runs", datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
+        resumed, run = None, _resolve(args)
+        out = args.out or _default_out()
         history, evals, elapsed, health = [], [], 0.0, Health()
-    os.makedirs(out, exist_ok=True)
+    if jax.process_index() == 0:
+        os.makedirs(out, exist_ok=True)
     record = _Record(run, _keys(run["seed"])[1], history, evals, elapsed, t_start, health)
-    return record, out, folder
+    return record, out, resumed
+
+
+def _default_out() -> str:
+    """runs/<timestamp>: process 0's, so that every process writes to the same folder."""
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    if jax.process_count() > 1:
+        stamp = multihost_utils.broadcast_one_to_all(np.frombuffer(stamp.encode(), np.uint8))
+        stamp = bytes(np.asarray(stamp)).decode()
+    return os.path.join("runs", stamp)
+
+
+def _start_distributed(args) -> None:
+    """`jax.distributed` when asked for (before any other JAX call)."""
+    given = (args.coordinator, args.num_processes, args.process_id)
+    if not args.distributed and all(x is None for x in given):
+        return
+    for flag, value in (("--init-timeout", args.init_timeout),
+                        ("--heartbeat-timeout", args.heartbeat_timeout)):
+        require_positive(flag, value)
+    sharding.initialize_distributed(
+        *given, initialization_timeout=args.init_timeout, heartbeat_timeout=args.heartbeat_timeout
+    )
 
 
 def _load_data(run, log) -> _Data:
@@ -604,13 +696,17 @@ def _load_data(run, log) -> _Data:
     return data
 
 
-def _initial_state(run, data, optimizer, resumed, log) -> tuple[TrainState, int]:
-    """The train state to start from (fresh, or the resumed one) and its parameter count."""
+def _initial_state(run, data, optimizer, resumed, mesh, log) -> tuple[TrainState, int]:
+    """The train state to start from (fresh, or the resumed one), placed on `(mesh, fsdp)`,
+    and its parameter count."""
     if resumed is not None:
-        state = _load_resume(resumed, optimizer)
-        log(f"resuming {resumed} at step {int(state.step)} of {run['steps']}")
+        state, _ = resumed.restore(optimizer, mesh=mesh[0], fsdp=mesh[1])
+        log(f"resuming {resumed.directory} at step {int(state.step)} of {run['steps']}")
+        resumed.close()
     else:
         state = TrainState.create(_build_model(run, data, _keys(run["seed"])[0]), optimizer)
+        if mesh[0] is not None:
+            state = sharding.shard_state(state, mesh[0], fsdp=mesh[1])
     n_params = sum(x.size for x in jax.tree_util.tree_leaves(eqx.filter(state.model, eqx.is_array)))
     c = state.model.config
     log(f"model: BigBirdForSequenceClassification, hidden {c.hidden_size}, {c.num_hidden_layers} "
@@ -619,24 +715,37 @@ def _initial_state(run, data, optimizer, resumed, log) -> tuple[TrainState, int]
     return state, n_params
 
 
-def _step_function(args, state, optimizer, log):
-    """(the state placed on its devices, the train step, the batch placement)."""
-    if not (args.mesh or args.fsdp != "none"):
-        return state, make_train_step(_loss, optimizer), lambda batch: batch
+def _mesh(args, run, log):
+    """(the device mesh or None for one device, the fsdp setting); several processes always
+    train on a mesh (default: every device data-parallel)."""
+    fsdp = {"none": False, "all": True, "fsdp": "fsdp"}[args.fsdp]
+    if not (args.mesh or fsdp or jax.process_count() > 1):
+        return None, False
     data_n, fsdp_n = _parse_mesh(args.mesh) if args.mesh else (None, 1)
     mesh = sharding.make_mesh(data=data_n, fsdp=fsdp_n)
-    fsdp = {"none": False, "all": True, "fsdp": "fsdp"}[args.fsdp]
-    state = sharding.shard_state(state, mesh, fsdp=fsdp)
-    step_fn = sharding.make_sharded_train_step(_loss, optimizer, state, mesh, fsdp=fsdp)
-    log(f"mesh: {dict(mesh.shape)}, parameters {args.fsdp if fsdp else 'replicated'}")
-    return state, step_fn, functools.partial(sharding.shard_batch, mesh=mesh)
+    if run["batch_size"] % mesh.size:
+        raise ValueError(f"--batch-size {run['batch_size']} is not divisible by the mesh's "
+                         f"{mesh.size} devices")
+    where = f"{jax.process_count()} processes, " if jax.process_count() > 1 else ""
+    log(f"mesh: {dict(mesh.shape)} ({where}{mesh.size} devices), parameters "
+        f"{args.fsdp if fsdp else 'replicated'}")
+    return mesh, fsdp
 
 
-def _loop(args, state, step_fn, place, data, record, log):
-    """Trains up to the last step or a stop request; (state, whether it stopped early)."""
+def _step_function(mesh, state, optimizer):
+    """(the train step, the batch placement)."""
+    if mesh[0] is None:
+        return make_train_step(_loss, optimizer), _placement(None)
+    step_fn = sharding.make_sharded_train_step(_loss, optimizer, state, mesh[0], fsdp=mesh[1])
+    return step_fn, _placement(mesh[0])
+
+
+def _loop(args, state, step_fn, place, data, record, log, save):
+    """Trains up to the last step or a stop request; (state, whether it stopped early).
+    `save(state, progress)` checkpoints (every process calls it)."""
     total, bs = record.run["steps"], record.run["batch_size"]
-    bar = tqdm(total=total, initial=int(state.step), disable=args.no_progress, desc="train",
-               dynamic_ncols=True)
+    bar = tqdm(total=total, initial=int(state.step), desc="train", dynamic_ncols=True,
+               disable=args.no_progress or jax.process_index() != 0)
     ema, stopped = None, False
     with _Stop() as stop:
         for step in range(int(state.step), total):
@@ -661,6 +770,8 @@ def _loop(args, state, step_fn, place, data, record, log):
                 acc, vloss = record.validate(state.model, data.val, step + 1, data.label_names,
                                              log)
                 log(f"step {step + 1}: val accuracy {acc:.1%}, val loss {vloss:.3f}")
+            if args.save_every and (step + 1) % args.save_every == 0 and step + 1 < total:
+                save(state, record.progress(state))
             if args.stop_after is not None and step + 1 >= args.stop_after:
                 stop.requested = True
             if stop.requested and step + 1 < total:
@@ -691,13 +802,17 @@ def _final_metrics(state, data, record, n_params, log) -> dict:
 
 
 def _write_outputs(out, state, metrics) -> None:
-    """The model, metrics and plot; the resume folder they supersede goes."""
-    model_file = save(os.path.join(out, MODEL_FILE), eqx.nn.inference_mode(state.model))
+    """The model, metrics and plot (process 0; every process calls it, to gather the model);
+    the checkpoints they supersede go."""
+    model_file = sharding.save_sharded(os.path.join(out, MODEL_FILE),
+                                       eqx.nn.inference_mode(state.model))
+    if jax.process_index() != 0:
+        return
     metrics_file = os.path.join(out, METRICS_FILE)
     atomic_write_text(metrics_file, json.dumps(metrics, indent=1))
     plot = _plot(os.path.join(out, PLOT_FILE), metrics["history"], metrics["evals"],
                  metrics["test_accuracy"], metrics["majority_baseline"])
-    shutil.rmtree(os.path.join(out, RESUME_DIR), ignore_errors=True)
+    shutil.rmtree(os.path.join(out, CHECKPOINT_DIR), ignore_errors=True)
     print(f"test accuracy {metrics['test_accuracy']:.1%} (majority baseline "
           f"{metrics['majority_baseline']:.1%}) after {metrics['steps']} steps, "
           f"{metrics['seconds'] / 60:.1f} min")
@@ -706,26 +821,45 @@ def _write_outputs(out, state, metrics) -> None:
 
 
 def train(args) -> int:
-    """Runs `eqx-bigbird train`; 0 when done, 130 when stopped early (OUT/resume saved)."""
-    if args.distributed:
-        jax.distributed.initialize()
+    """Runs `eqx-bigbird train`; 0 when done, 130 when stopped early (a checkpoint saved)."""
+    _start_distributed(args)
+    try:
+        return _train(args)
+    except jax.errors.JaxRuntimeError as e:
+        if jax.process_count() == 1:
+            raise
+        # Typically gloo's "connection closed by peer": name the likely cause in one line.
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise ConnectionError(f"process {jax.process_index()}: a collective with the other "
+                              f"processes failed; did one of them die? ({first})") from None
+
+
+def _train(args) -> int:
+    if args.save_every is not None:
+        require_positive("--save-every", args.save_every)
+    require_positive("--keep", args.keep)
     record, out, resumed = _setup(args, time.time())
-    log = tqdm.write
+    log = tqdm.write if jax.process_index() == 0 else lambda *a, **k: None
     data = _load_data(record.run, log)
     optimizer = _optimizer(record.run)
-    state, n_params = _initial_state(record.run, data, optimizer, resumed, log)
+    mesh = _mesh(args, record.run, log)
+    state, n_params = _initial_state(record.run, data, optimizer, resumed, mesh, log)
     majority, baseline = data.majority()
     log(f"majority class {majority!r}: {baseline:.1%} of the test split")
-    state, step_fn, place = _step_function(args, state, optimizer, log)
+    step_fn, place = _step_function(mesh, state, optimizer)
+    save = _Saver(out, args.keep)
     try:
-        state, stopped = _loop(args, state, step_fn, place, data, record, log)
+        state, stopped = _loop(args, state, step_fn, place, data, record, log, save)
+        if stopped:
+            folder = save(state, record.progress(state))
+            save.close()  # the checkpoint is committed before we say so
+            log(f"interrupted at step {int(state.step)}: saved {folder}; continue with "
+                f"`eqx-bigbird train --resume {out}`")
+            return 130
     except Diverged as e:
-        raise Diverged(f"{e}: stopped without writing a model ({os.path.join(out, RESUME_DIR)} and "
-                       "earlier outputs are unchanged); try a lower --lr") from None
-    if stopped:
-        folder = _save_resume(out, state, record.progress(state))
-        log(f"interrupted at step {int(state.step)}: saved {folder}; continue with "
-            f"`eqx-bigbird train --resume {out}`")
-        return 130
+        raise Diverged(f"{e}: stopped without writing a model ({os.path.join(out, CHECKPOINT_DIR)} "
+                       "and earlier outputs are unchanged); try a lower --lr") from None
+    finally:
+        save.close()
     _write_outputs(out, state, _final_metrics(state, data, record, n_params, log))
     return 0
