@@ -257,8 +257,8 @@ def read_config(path: str | os.PathLike, weights: str) -> BigBirdConfig:
         return BigBirdConfig.from_hf(config_file)
     except FileNotFoundError:
         raise CheckpointError(f"{config_dir}: no config.json next to {weights}") from None
-    except (ValueError, TypeError) as e:
-        raise CheckpointError(f"{config_file}: {e}") from None
+    except (ValueError, TypeError) as e:  # from_hf names the file
+        raise CheckpointError(str(e)) from None
 
 
 def from_pretrained(
