@@ -14,7 +14,7 @@ import jax.random as jr
 
 from ._config import BigBirdConfig
 from ._hf_load import fill_from_state
-from ._hf_read import CheckpointError, read_safetensors, safetensors_header
+from ._hf_read import CheckpointError, read_safetensors, safetensors_metadata
 from ._io import write_safetensors
 from ._registry import MODEL_CLASSES
 from ._tree import array_leaves, path_str
@@ -59,7 +59,7 @@ def read_header(path: str | os.PathLike) -> dict:
     file = checkpoint_file(path)
     if not os.path.exists(file):
         raise CheckpointError(f"{file}: no such file")
-    meta = safetensors_header(file)[0].get("__metadata__") or {}
+    meta = safetensors_metadata(file)
     if meta.get("format") != FORMAT:
         raise CheckpointError(
             f"{file}: not an eqx-bigbird checkpoint (format={meta.get('format')!r}); HF checkpoints "
