@@ -106,7 +106,7 @@ def safetensors_metadata(file: str) -> dict[str, str]:
     return _open_safetensors(file).metadata() or {}
 
 
-def _safetensors_shards(path: str) -> list[str]:
+def safetensors_shards(path: str) -> list[str]:
     """The files behind `path`: itself, or the shards a `.index.json` names."""
     if not path.endswith(".json"):
         return [path]
@@ -133,7 +133,7 @@ def read_safetensors(path: str) -> LazyTensors:
     memory map per lookup). bf16 comes back as ml_dtypes' `bfloat16` (jax's).
     """
     loaders, shapes = {}, {}
-    for file in _safetensors_shards(path):
+    for file in safetensors_shards(path):
         handle = _open_safetensors(file)
         for name in handle.keys():
             view = handle.get_slice(name)

@@ -5,6 +5,8 @@ config and a format version, and whose tensors are the model's array leaves name
 skeleton from the header, filled leaf by leaf, and nothing may be left unfilled. Writes are atomic.
 """
 
+import dataclasses
+import inspect
 import json
 import os
 
@@ -16,6 +18,7 @@ from ._config import BigBirdConfig
 from ._hf_load import fill_from_state
 from ._hf_read import CheckpointError, read_safetensors, safetensors_metadata
 from ._io import write_safetensors
+from ._layers import ExecutionOptions
 from ._registry import MODEL_CLASSES
 from ._tree import array_leaves, path_str
 
@@ -58,6 +61,13 @@ def read_header(path: str | os.PathLike) -> dict:
     """The header of one of our checkpoints: format_version, model_class, config, init_kwargs."""
     file = checkpoint_file(path)
     if not os.path.exists(file):
+        if os.path.isdir(path):
+            hf = os.path.exists(os.path.join(path, "config.json"))
+            raise CheckpointError(
+                f"{os.fspath(path)}: a directory without {EQX_FILE}"
+                + ("; it looks like an HF checkpoint (convert it without --to-hf, or load it with "
+                   "from_pretrained)" if hf else "")
+            )
         raise CheckpointError(f"{file}: no such file")
     meta = safetensors_metadata(file)
     if meta.get("format") != FORMAT:
@@ -65,21 +75,39 @@ def read_header(path: str | os.PathLike) -> dict:
             f"{file}: not an eqx-bigbird checkpoint (format={meta.get('format')!r}); HF checkpoints "
             "load with BigBirdModel.from_pretrained or `eqx-bigbird convert`"
         )
-    version = int(meta.get("format_version", -1))
-    if version != FORMAT_VERSION:
+    version = meta.get("format_version")
+    if version != str(FORMAT_VERSION):
         raise CheckpointError(
-            f"{file}: format version {version}, this eqx-bigbird reads {FORMAT_VERSION}"
+            f"{file}: format_version {version!r}, this eqx-bigbird reads {FORMAT_VERSION}"
         )
     try:
-        return {
-            "format_version": version,
-            "model_class": meta["model_class"],
-            "config": json.loads(meta["config"]),
-            "init_kwargs": json.loads(meta["init_kwargs"]),
-            "inference": json.loads(meta["inference"]),
-        }
-    except (KeyError, ValueError) as e:
-        raise CheckpointError(f"{file}: corrupt eqx-bigbird header ({e!r})") from None
+        header = {name: json.loads(meta[name]) for name in ("config", "init_kwargs", "inference")}
+        header["model_class"] = meta["model_class"]
+    except KeyError as e:
+        raise CheckpointError(f"{file}: eqx-bigbird header lacks {e.args[0]!r}") from None
+    except ValueError as e:
+        raise CheckpointError(f"{file}: corrupt eqx-bigbird header ({e})") from None
+    for name, kind, what in (
+        ("config", dict, "object"), ("init_kwargs", dict, "object"), ("inference", bool, "bool")
+    ):
+        if not isinstance(header[name], kind):
+            # A config given as a string would be read as a path to some other file.
+            raise CheckpointError(
+                f"{file}: header {name} must be a JSON {what}, got {type(header[name]).__name__}"
+            )
+    return {"format_version": FORMAT_VERSION, **header}
+
+
+def _check_init_kwargs(file: str, cls: type, kwargs: dict):
+    """The saved constructor keywords are ones `cls` takes (its own and `ExecutionOptions`)."""
+    own = set(inspect.signature(cls.__init__).parameters) - {"self", "config", "key", "options"}
+    known = own | {f.name for f in dataclasses.fields(ExecutionOptions)}
+    unknown = sorted(set(kwargs) - known)
+    if unknown:
+        raise CheckpointError(
+            f"{file}: init_kwargs {unknown} are not options of {cls.__name__} "
+            f"(known: {sorted(known)})"
+        )
 
 
 def load(path: str | os.PathLike, cls: type | None = None, *, dtype="keep"):
@@ -89,7 +117,7 @@ def load(path: str | os.PathLike, cls: type | None = None, *, dtype="keep"):
     saved dtypes (bit-identical leaves); a dtype casts floating leaves to it.
     """
     file = checkpoint_file(path)
-    header = read_header(file)
+    header = read_header(path)
     name = header["model_class"]
     classes = model_classes()
     if name not in classes:
@@ -101,7 +129,11 @@ def load(path: str | os.PathLike, cls: type | None = None, *, dtype="keep"):
         config = BigBirdConfig.from_hf(header["config"])
     except (ValueError, TypeError) as e:
         raise CheckpointError(f"{file}: bad config in header: {e}") from None
-    skeleton = eqx.filter_eval_shape(cls, config, key=jr.PRNGKey(0), **header["init_kwargs"])
+    _check_init_kwargs(file, cls, header["init_kwargs"])
+    try:
+        skeleton = eqx.filter_eval_shape(cls, config, key=jr.PRNGKey(0), **header["init_kwargs"])
+    except (ValueError, TypeError) as e:
+        raise CheckpointError(f"{file}: bad init_kwargs in header: {e}") from None
     paths = [
         path_str(p)
         for p, x in jax.tree_util.tree_flatten_with_path(skeleton)[0]

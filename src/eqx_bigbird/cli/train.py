@@ -278,20 +278,10 @@ def _listops(run, tokenizer) -> _Data:
 
 
 def _read_jsonl(path) -> tuple[list[str], list]:
-    texts, labels = [], []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                texts.append(str(row["text"]))
-                labels.append(row["label"])
-            except (ValueError, KeyError, TypeError) as e:
-                raise ValueError(f"{path}:{number}: expected {{\"text\", \"label\"}} ({e})")
-    if len(texts) < 3:
-        raise ValueError(f"{path}: needs at least 3 examples, has {len(texts)}")
-    return texts, labels
+    rows = listops.read_jsonl(path)
+    if len(rows) < 3:
+        raise ValueError(f"{path}: needs at least 3 examples, has {len(rows)}")
+    return [text for text, _ in rows], [label for _, label in rows]
 
 
 def _user_data(run, tokenizer) -> _Data:
