@@ -302,7 +302,10 @@ class Tokenizer:
         spm_path = next((p for p in spm_paths if os.path.isfile(p)), None)
         from_json = os.path.isfile(json_path)
         if from_json:
-            backend = tokenizers.Tokenizer.from_file(json_path)
+            try:
+                backend = tokenizers.Tokenizer.from_file(json_path)
+            except Exception as e:  # the Rust side raises a bare Exception for any parse error
+                raise ValueError(f"{json_path} is not a readable tokenizer.json: {e}") from None
         elif spm_path is not None:
             backend = _load_sentencepiece(spm_path)
         else:
@@ -367,10 +370,15 @@ class Tokenizer:
 
     # -- encoding --------------------------------------------------------------------------------
 
-    def _set_truncation(self, truncation: Truncation, max_length: int | None):
+    def _set_truncation(self, truncation: Truncation, max_length: int | None, pair: bool):
+        if max_length is not None and (
+            isinstance(max_length, bool) or not isinstance(max_length, (int, np.integer))
+            or max_length < 1
+        ):
+            raise ValueError(f"max_length={max_length!r}: expected a positive integer or None")
         if truncation is True:
             truncation = "longest_first"
-        length = self.model_max_length if max_length is None else max_length
+        length = self.model_max_length if max_length is None else int(max_length)
         if truncation is False or length is None:
             self._backend.no_truncation()
             return
@@ -378,6 +386,13 @@ class Tokenizer:
             raise ValueError(
                 f"truncation={truncation!r}: expected a bool or 'longest_first', 'only_first', "
                 "'only_second'"
+            )
+        specials = self._backend.num_special_tokens_to_add(pair)
+        if length < specials:
+            # tokenizers would silently return the whole text untruncated.
+            raise ValueError(
+                f"max_length={length} is less than the {specials} special tokens this tokenizer "
+                "adds to every encoding"
             )
         self._backend.enable_truncation(length, strategy=truncation, direction="right")
 
@@ -402,7 +417,7 @@ class Tokenizer:
         _check_text(text, "text")
         if pair is not None:
             _check_text(pair, "pair")
-        self._set_truncation(truncation, max_length)
+        self._set_truncation(truncation, max_length, pair is not None)
         return _to_encoding(self._backend.encode(text, pair, add_special_tokens=True))
 
     def encode_batch(
@@ -440,9 +455,16 @@ class Tokenizer:
                 _check_text(t, "pair")
         if padding not in ("longest", "max_length"):
             raise ValueError(f"padding={padding!r}: expected 'longest' or 'max_length'")
+        if pad_to_multiple_of is not None and (
+            isinstance(pad_to_multiple_of, bool) or not isinstance(pad_to_multiple_of, int)
+            or pad_to_multiple_of < 1
+        ):
+            raise ValueError(
+                f"pad_to_multiple_of={pad_to_multiple_of!r}: expected a positive integer or None"
+            )
         if self.pad_token_id is None:
             raise ValueError("this tokenizer has no pad token; encode_batch cannot pad")
-        self._set_truncation(truncation, max_length)
+        self._set_truncation(truncation, max_length, pairs is not None)
         inputs = list(texts) if pairs is None else list(zip(texts, pairs))
         rows = [_to_encoding(e) for e in self._backend.encode_batch(inputs)]
         longest = max((len(r) for r in rows), default=0)
@@ -465,6 +487,14 @@ class Tokenizer:
         ids = np.asarray(ids)
         if ids.ndim != 1:
             raise ValueError(f"decode takes a 1-D sequence of ids, got shape {ids.shape}")
+        if ids.size and not np.issubdtype(ids.dtype, np.integer):
+            raise ValueError(f"decode takes integer ids, got dtype {ids.dtype}")
+        unknown = ids[(ids < 0) | (ids >= self.vocab_size)]
+        if unknown.size:
+            # tokenizers drops them without a word.
+            raise ValueError(
+                f"ids {unknown[:8].tolist()} are not in the vocabulary [0, {self.vocab_size})"
+            )
         return self._backend.decode(ids.tolist(), skip_special_tokens=skip_special_tokens)
 
     def __repr__(self) -> str:
@@ -497,6 +527,13 @@ def _finish_sentencepiece(backend: tokenizers.Tokenizer, names: dict[str, str]):
 def _check_text(text, what: str):
     if not isinstance(text, str):
         raise TypeError(f"{what} must be a str, got {type(text).__name__}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(
+            f"{what} holds a lone surrogate {text[e.start]!r} at character {e.start}: not valid "
+            "Unicode text (decode bytes with errors='replace' first)"
+        ) from None
 
 
 def _to_encoding(e: tokenizers.Encoding) -> Encoding:
