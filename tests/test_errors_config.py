@@ -80,7 +80,7 @@ def test_unreadable_files_are_named(tmp_path, raw, expect):
     ({"num_labels": "2"}, "num_labels='2' must be a positive integer"),
     ({"label2id": {"LABEL_0": "0", "LABEL_1": "1"}}, "label2id values must be integers"),
     ({"id2label": {"zero": "a"}}, "id2label keys must be integers"),
-    ({"id2label": {"0": 1, "1": 2}}, r"id2label=\(1, 2\): must be tuple\[str, \.\.\.\]"),
+    ({"id2label": {"0": 1, "1": 2}}, "id2label values must be label names"),
 ])
 def test_label_fields(tmp_path, changes, expect):
     with pytest.raises(ValueError, match=rf"config\.json: .*{expect}"):

@@ -366,6 +366,8 @@ def _labels(id2label, label2id, num_labels) -> tuple[str, ...] | None:
             raise ValueError(
                 f"config id2label keys must be integers 0..n-1, got {sorted(id2label)}"
             ) from None
+        if not all(isinstance(name, str) for name in by_id.values()):
+            raise ValueError(f"config id2label values must be label names (strings): {id2label}")
         if sorted(by_id) != list(range(len(by_id))):
             raise ValueError(f"config id2label keys must be 0..n-1, got {sorted(by_id)}")
         labels = tuple(by_id[i] for i in range(len(by_id)))

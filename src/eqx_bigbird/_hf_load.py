@@ -279,7 +279,8 @@ def _own_unused(unused: list[str], skeleton, names: dict[str, str]) -> list[str]
     the model was built without) may be skipped; they stay in `LoadReport.unused`."""
     modules = {
         hf_name_of(path_str(p), names).rsplit(".", 1)[0]
-        for p, _ in jax.tree_util.tree_flatten_with_path(skeleton)[0]
+        for p, x in jax.tree_util.tree_flatten_with_path(skeleton)[0]
+        if isinstance(x, jax.ShapeDtypeStruct)
     }
     patterns = [re.escape(m).replace(re.escape("{i}"), r"\d+") + r"\." for m in modules]
     own = re.compile("|".join(patterns + [re.escape(r) for r in ENCODER_ROOTS]))
