@@ -162,6 +162,8 @@ def _embed_texts(encoder, tokenizer, texts, max_length) -> tuple[np.ndarray, int
         truncated += enc.truncated
         n = len(enc.input_ids)
         length = -(-n // bucket) * bucket
+        if length > encoder.config.max_position_embeddings:  # no room: the model pads itself
+            length = n
         ids = np.full(length, tokenizer.pad_token_id or 0, np.int32)
         mask = np.zeros(length, np.int32)
         ids[:n], mask[:n] = enc.input_ids, 1
