@@ -16,8 +16,8 @@ import eqx_bigbird as eb
 from eqx_bigbird._hf_read import read_safetensors
 from eqx_bigbird._io import write_safetensors
 
-TINY = dict(vocab_size=50, hidden_size=16, num_hidden_layers=3, num_attention_heads=2,
-            intermediate_size=32, max_position_embeddings=64, attention_type="original_full")
+TINY = {"vocab_size": 50, "hidden_size": 16, "num_hidden_layers": 3, "num_attention_heads": 2,
+            "intermediate_size": 32, "max_position_embeddings": 64, "attention_type": "original_full"}
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +38,8 @@ def _copy(src, dst):
 
 
 def _header(file):
-    raw = open(file, "rb").read()
+    with open(file, "rb") as f:
+        raw = f.read()
     n = int.from_bytes(raw[:8], "little")
     return json.loads(raw[8 : 8 + n]), raw[8 + n :]
 

@@ -10,8 +10,8 @@ import pytest
 import eqx_bigbird as eb
 from eqx_bigbird._io import write_safetensors
 
-TINY = dict(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-            intermediate_size=32)
+TINY = {"vocab_size": 50, "hidden_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2,
+            "intermediate_size": 32}
 
 
 def _write(tmp_path, raw) -> str:

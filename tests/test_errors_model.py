@@ -13,10 +13,10 @@ from hypothesis import strategies as st
 import eqx_bigbird as eb
 from eqx_bigbird.cli.main import runtime_message
 
-TINY = dict(
-    vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-    intermediate_size=32, max_position_embeddings=64, attention_type="original_full",
-)
+TINY = {
+    "vocab_size": 50, "hidden_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2,
+    "intermediate_size": 32, "max_position_embeddings": 64, "attention_type": "original_full",
+}
 IDS = np.array([1, 2, 7, 3, 9, 4], np.int64)
 
 

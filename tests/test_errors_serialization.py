@@ -9,8 +9,8 @@ import eqx_bigbird as eb
 from eqx_bigbird._hf_read import read_safetensors, safetensors_metadata
 from eqx_bigbird._io import write_safetensors
 
-TINY = dict(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-            intermediate_size=32, max_position_embeddings=64, attention_type="original_full")
+TINY = {"vocab_size": 50, "hidden_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2,
+            "intermediate_size": 32, "max_position_embeddings": 64, "attention_type": "original_full"}
 
 
 @pytest.fixture(scope="module")

@@ -135,7 +135,7 @@ def read_safetensors(path: str) -> LazyTensors:
     loaders, shapes = {}, {}
     for file in safetensors_shards(path):
         handle = _open_safetensors(file)
-        for name in handle.keys():
+        for name in handle:
             view = handle.get_slice(name)
             if view.get_dtype() not in _ST_DTYPES:
                 raise CheckpointError(

@@ -6,7 +6,11 @@ import os
 
 from .. import CheckpointError, from_bert, load, save, save_pretrained
 from .._hf_read import (
-    FLAX_MSGPACK, SAFETENSORS, find_weights_file, safetensors_metadata, safetensors_shards,
+    FLAX_MSGPACK,
+    SAFETENSORS,
+    find_weights_file,
+    safetensors_metadata,
+    safetensors_shards,
 )
 from .._serialization import FORMAT, checkpoint_file, model_classes
 from .args import add_command
