@@ -46,6 +46,13 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def atomic_savefig(fig, path: str | os.PathLike, **kwargs) -> None:
+    """`fig.savefig(path, **kwargs)`, atomically (the format from the file's extension)."""
+    ext = os.path.splitext(os.fspath(path))[1].lstrip(".").lower()
+    with atomic_writer(path) as f:
+        fig.savefig(f, format=ext or None, **kwargs)
+
+
 def _undecodable(path, data: bytes, e: UnicodeDecodeError) -> ValueError:
     line = data.count(b"\n", 0, e.start) + 1
     return ValueError(f"{os.fspath(path)}:{line}: not UTF-8 text (byte {e.start})")

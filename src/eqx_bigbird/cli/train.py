@@ -35,7 +35,7 @@ from .. import (
     sequence_classification_loss,
     sharding,
 )
-from .._io import atomic_write_text
+from .._io import atomic_savefig, atomic_write_text
 from .._serialization import checkpoint_file
 from .._tree import array_leaves, path_str
 from ..data import listops
@@ -497,7 +497,7 @@ def _plot(path, history, evals, test_acc, baseline):
     ax2.set(xlabel="step", ylabel="accuracy", title="accuracy", ylim=(0, 1))
     ax2.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    atomic_savefig(fig, path, dpi=110)
     plt.close(fig)
     return path
 
