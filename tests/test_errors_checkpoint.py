@@ -16,8 +16,10 @@ import eqx_bigbird as eb
 from eqx_bigbird._hf_read import read_safetensors
 from eqx_bigbird._io import write_safetensors
 
-TINY = {"vocab_size": 50, "hidden_size": 16, "num_hidden_layers": 3, "num_attention_heads": 2,
-            "intermediate_size": 32, "max_position_embeddings": 64, "attention_type": "original_full"}
+TINY = {
+    "vocab_size": 50, "hidden_size": 16, "num_hidden_layers": 3, "num_attention_heads": 2,
+    "intermediate_size": 32, "max_position_embeddings": 64, "attention_type": "original_full",
+}
 
 
 @pytest.fixture(scope="module")
@@ -75,9 +77,9 @@ def test_safetensors_headers_the_library_rejects(tmp_path, hf_dirs, kind):
 
     def edit(h, names):
         a, b = h[names[1]], h[names[2]]
-        if kind == "negative":
-            a["data_offsets"] = [a["data_offsets"][0] - 4, a["data_offsets"][1] - 4]
-            a["data_offsets"][0] = -4
+        if kind == "negative":  # the first tensor's range moved 4 bytes into the header
+            first = h[names[0]]
+            first["data_offsets"] = [first["data_offsets"][0] - 4, first["data_offsets"][1] - 4]
         elif kind == "overlap":  # b starts inside a, same size
             size = b["data_offsets"][1] - b["data_offsets"][0]
             b["data_offsets"] = [b["data_offsets"][0] - 4, b["data_offsets"][0] - 4 + size]

@@ -18,8 +18,10 @@ MINILM = os.path.join(os.path.dirname(minilm.__file__), "model")
 TOKENIZER_FILES = (
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"
 )
-TINY = {"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 32,
-            "attention_type": "original_full"}
+TINY = {
+    "hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 32,
+    "attention_type": "original_full",
+}
 
 
 @pytest.fixture(scope="module")

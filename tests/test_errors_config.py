@@ -64,7 +64,7 @@ def test_non_finite_floats_are_refused(tmp_path):
 @pytest.mark.parametrize("raw, expect", [
     (b"\xff\xfe{}", "not UTF-8"),
     (b"{not json", "not valid JSON"),
-    (b"[1, 2]", "a config.json holds a JSON object, not a list"),
+    (b"[1, 2]", "expected a JSON object, not a list"),
 ])
 def test_unreadable_files_are_named(tmp_path, raw, expect):
     _write(tmp_path, raw)

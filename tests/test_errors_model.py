@@ -105,3 +105,25 @@ def test_any_id_outside_the_vocabulary_raises(model, ids):
         with pytest.raises(ValueError, match="input_ids has values outside"):
             model(ids)
 
+
+
+def test_random_plan_block_indices_outside_the_sequence():
+    """The gather would clamp them: a silent wrong answer."""
+    config = eb.BigBirdConfig(**{**TINY, "attention_type": "block_sparse", "block_size": 4,
+                                 "num_random_blocks": 1})
+    model = eqx.nn.inference_mode(eb.BigBirdModel(config, key=jr.PRNGKey(0)))
+    ids = np.arange(32) % 50  # 8 blocks, block-sparse
+    plan = np.ones((2, 2, 6, 1), np.int32)
+    assert model(ids, random_plan=plan).last_hidden_state.shape == (32, 16)
+    for bad in (8, -1):
+        plan[1, 0, 3, 0] = bad
+        with pytest.raises(ValueError, match=r"random_plan has block indices outside \[0, 8\)"):
+            model(ids, random_plan=plan)
+
+
+def test_encoder_attention_mask_other_than_0_1():
+    config = eb.BigBirdConfig(**{**TINY, "is_decoder": True, "add_cross_attention": True})
+    decoder = eqx.nn.inference_mode(eb.BigBirdModel(config, key=jr.PRNGKey(0)))
+    states = np.zeros((3, 16), np.float32)
+    with pytest.raises(ValueError, match="encoder_attention_mask must hold only 0 and 1"):
+        decoder(IDS, encoder_hidden_states=states, encoder_attention_mask=np.array([1, 2, 1]))

@@ -9,8 +9,10 @@ import eqx_bigbird as eb
 from eqx_bigbird._hf_read import read_safetensors, safetensors_metadata
 from eqx_bigbird._io import write_safetensors
 
-TINY = {"vocab_size": 50, "hidden_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2,
-            "intermediate_size": 32, "max_position_embeddings": 64, "attention_type": "original_full"}
+TINY = {
+    "vocab_size": 50, "hidden_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2,
+    "intermediate_size": 32, "max_position_embeddings": 64, "attention_type": "original_full",
+}
 
 
 @pytest.fixture(scope="module")
@@ -54,3 +56,20 @@ def test_a_directory_without_our_file_says_so(tmp_path):
     with pytest.raises(eb.CheckpointError, match=r"hf: a directory without "
                                                  r"eqx_bigbird\.safetensors; it looks like an HF"):
         eb.load(hf)
+
+
+def test_our_file_where_an_hf_checkpoint_belongs(saved, capsys):
+    from eqx_bigbird.cli import main
+
+    with pytest.raises(eb.CheckpointError, match=r"m\.safetensors is an eqx-bigbird checkpoint, "
+                                                 r"not an HF one: load it with eqx_bigbird\.load"):
+        eb.BigBirdModel.from_pretrained(saved)
+    assert main(["convert", saved, saved + ".out", "-q"]) == 1
+    assert "is an eqx-bigbird checkpoint, not an HF one" in capsys.readouterr().err
+
+
+def test_from_bert_config_that_is_not_an_object(tmp_path):
+    (tmp_path / "config.json").write_text('["bert"]')
+    write_safetensors(tmp_path / "model.safetensors", {})
+    with pytest.raises(eb.CheckpointError, match=r"config\.json: expected a JSON object"):
+        eb.from_bert(tmp_path)

@@ -78,3 +78,17 @@ def test_pad_to_multiple_of_must_be_positive(tok):
     for bad in (0, -8):
         with pytest.raises(ValueError, match="pad_to_multiple_of"):
             tok.encode_batch([TEXT], pad_to_multiple_of=bad)
+
+
+def test_tokenizer_configs_that_are_not_objects_are_named(tmp_path):
+    folder = tmp_path / "tok"
+    shutil.copytree(MODEL_DIR, folder)
+    (folder / "tokenizer_config.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match=r"tokenizer_config\.json: expected a JSON object"):
+        Tokenizer.from_pretrained(folder)
+    (folder / "tokenizer_config.json").write_bytes(b'{"model_max_length": 12\xff}')
+    with pytest.raises(ValueError, match=r"tokenizer_config\.json: not UTF-8"):
+        Tokenizer.from_pretrained(folder)
+    # `true` is not a length (it read as 1, and every text became 1 token).
+    (folder / "tokenizer_config.json").write_text('{"model_max_length": true}')
+    assert Tokenizer.from_pretrained(folder).model_max_length is None

@@ -11,8 +11,10 @@ import pytest
 import eqx_bigbird as eb
 from eqx_bigbird.training import TrainState, make_train_step
 
-TINY = {"vocab_size": 50, "hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
-            "intermediate_size": 32, "max_position_embeddings": 32, "attention_type": "original_full"}
+TINY = {
+    "vocab_size": 50, "hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
+    "intermediate_size": 32, "max_position_embeddings": 32, "attention_type": "original_full",
+}
 
 
 def loss_fn(model, batch, *, key):

@@ -199,7 +199,7 @@ class BigBirdConfig:
         `extra`), or one of a few generic keys accepted only at their default value. Unknown keys
         raise `ValueError` (with `strict=False` they are kept in `extra` with a warning).
         """
-        raw = _read_json(path_or_dict)
+        raw = read_json_object(path_or_dict)
         try:
             return cls._from_raw(raw, strict)
         except (ValueError, TypeError) as e:
@@ -295,9 +295,9 @@ def _json_path(path_or_dir) -> str:
     return os.path.join(path, "config.json") if os.path.isdir(path) else path
 
 
-def _read_json(path_or_dict) -> dict[str, Any]:
-    """The JSON object of a config file (or a copy of the dict given); a file that is not UTF-8,
-    not JSON or not an object raises `ValueError` naming it."""
+def read_json_object(path_or_dict) -> dict[str, Any]:
+    """The JSON object of a config file (a directory: its `config.json`), or a copy of the dict
+    given; a file that is not UTF-8, not JSON or not an object raises `ValueError` naming it."""
     if isinstance(path_or_dict, dict):
         return dict(path_or_dict)
     if not isinstance(path_or_dict, (str, os.PathLike)):
@@ -310,11 +310,11 @@ def _read_json(path_or_dict) -> dict[str, Any]:
     try:
         raw = json.loads(data.decode("utf-8"))
     except UnicodeDecodeError as e:
-        raise ValueError(f"{path}: not UTF-8 text (byte {e.start}); not a config.json") from None
+        raise ValueError(f"{path}: not UTF-8 text (byte {e.start})") from None
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: not valid JSON ({e})") from None
     if not isinstance(raw, dict):
-        raise ValueError(f"{path}: a config.json holds a JSON object, not a {type(raw).__name__}")
+        raise ValueError(f"{path}: expected a JSON object, not a {type(raw).__name__}")
     return raw
 
 

@@ -18,7 +18,9 @@ import numpy as np
 
 from ._config import BigBirdConfig
 from ._hf_names import ENCODER_ROOTS, canonical_name, hf_name_of, hf_names, tied_names
-from ._hf_read import CheckpointError, LazyTensors, find_weights_file, read_hf_weights
+from ._hf_read import (
+    CheckpointError, LazyTensors, find_weights_file, read_hf_weights, safetensors_metadata,
+)
 from ._tree import path_str
 
 
@@ -305,9 +307,25 @@ def read_config(path: str | os.PathLike, weights: str) -> BigBirdConfig:
     try:
         return BigBirdConfig.from_hf(config_file)
     except FileNotFoundError:
+        if _is_ours(weights):
+            raise CheckpointError(
+                f"{weights} is an eqx-bigbird checkpoint, not an HF one: load it with "
+                "eqx_bigbird.load (or convert it to HF with `eqx-bigbird convert --to-hf`)"
+            ) from None
         raise CheckpointError(f"{config_dir}: no config.json next to {weights}") from None
     except (ValueError, TypeError) as e:  # from_hf names the file
         raise CheckpointError(str(e)) from None
+
+
+def _is_ours(weights: str) -> bool:
+    from ._serialization import FORMAT  # (it imports this module)
+
+    if not weights.endswith(".safetensors"):
+        return False
+    try:
+        return safetensors_metadata(weights).get("format") == FORMAT
+    except CheckpointError:
+        return False
 
 
 def from_pretrained(

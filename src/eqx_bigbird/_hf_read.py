@@ -135,7 +135,7 @@ def read_safetensors(path: str) -> LazyTensors:
     loaders, shapes = {}, {}
     for file in safetensors_shards(path):
         handle = _open_safetensors(file)
-        for name in handle:
+        for name in handle.keys():  # noqa: SIM118 (safe_open is not iterable)
             view = handle.get_slice(name)
             if view.get_dtype() not in _ST_DTYPES:
                 raise CheckpointError(

@@ -342,14 +342,18 @@ class BigBirdModel(eqx.Module):
             return None
         nb, r = padded // c.block_size, c.num_random_blocks
         if random_plan is not None:
-            random_plan = jnp.asarray(random_plan, jnp.int32)
             expected = (c.num_hidden_layers, c.num_attention_heads, nb - 2, r)
-            if random_plan.shape != expected:
+            if jnp.shape(random_plan) != expected:
                 raise ValueError(
-                    f"random_plan has shape {random_plan.shape}, expected {expected} for {padded} "
-                    "(padded) tokens"
+                    f"random_plan has shape {jnp.shape(random_plan)}, expected {expected} for "
+                    f"{padded} (padded) tokens"
                 )
-            return random_plan
+            # A block index outside the sequence would be clamped by the gather, silently.
+            random_plan = check_values(
+                random_plan, lambda xp, p: (p < 0) | (p >= nb),
+                f"random_plan has block indices outside [0, {nb}) ({padded} padded tokens)",
+            )
+            return jnp.asarray(random_plan).astype(jnp.int32)
         if self.options.random_attention == "fixed":
             return jnp.asarray(np.stack([
                 sa.paper_plan(

@@ -7,7 +7,6 @@ alike: same truncation, offsets and padding code.
 """
 
 import dataclasses
-import json
 import os
 from collections.abc import Sequence
 from typing import Literal
@@ -15,6 +14,8 @@ from typing import Literal
 import numpy as np
 import tokenizers
 from tokenizers import AddedToken, decoders, normalizers, pre_tokenizers, processors
+
+from ._config import read_json_object
 
 TOKENIZER_JSON = "tokenizer.json"
 SENTENCEPIECE_MODELS = ("spiece.model", "sentencepiece.model")
@@ -103,17 +104,14 @@ def _read_configs(folder: str) -> tuple[dict[str, str], int | None]:
         path = os.path.join(folder, filename)
         if not os.path.exists(path):
             continue
-        with open(path, encoding="utf-8") as f:
-            try:
-                config = json.load(f)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path} is not valid JSON: {e}") from None
+        config = read_json_object(path)  # not UTF-8, JSON or an object: ValueError naming it
         for role in _ROLES:
             name = _token_name(config.get(f"{role}_token"))
             if name is not None:
                 names[role] = name
         limit = config.get("model_max_length")
-        if isinstance(limit, (int, float)) and 0 < limit < _NO_LIMIT:
+        number = isinstance(limit, (int, float)) and not isinstance(limit, bool)
+        if number and 0 < limit < _NO_LIMIT:
             model_max_length = int(limit)
     return names, model_max_length
 
