@@ -22,7 +22,12 @@ from ._attention import OutputAttentions
 from ._config import BigBirdConfig
 from ._model import BigBirdModel, BigBirdModelOutput, KVCache
 from ._nn import (
-    check_values, normal_linear, one_example, per_token, resolve_inference, split_key,
+    check_values,
+    normal_linear,
+    one_example,
+    per_token,
+    resolve_inference,
+    split_key,
 )
 from ._registry import register
 

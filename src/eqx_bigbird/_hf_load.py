@@ -19,7 +19,11 @@ import numpy as np
 from ._config import BigBirdConfig
 from ._hf_names import ENCODER_ROOTS, canonical_name, hf_name_of, hf_names, tied_names
 from ._hf_read import (
-    CheckpointError, LazyTensors, find_weights_file, read_hf_weights, safetensors_metadata,
+    CheckpointError,
+    LazyTensors,
+    find_weights_file,
+    read_hf_weights,
+    safetensors_metadata,
 )
 from ._tree import path_str
 
