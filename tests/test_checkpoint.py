@@ -252,9 +252,9 @@ def test_wrong_model_class(tmp_path, getkey):
         eb.load(file, eb.BigBirdEncoder)
     # A header naming a class we do not have.
     from eqx_bigbird._io import write_safetensors
-    from eqx_bigbird._hf_read import read_safetensors, safetensors_header
+    from eqx_bigbird._hf_read import read_safetensors, safetensors_metadata
 
-    meta = dict(safetensors_header(file)[0]["__metadata__"], model_class="BigBirdForTeleportation")
+    meta = dict(safetensors_metadata(file), model_class="BigBirdForTeleportation")
     state = read_safetensors(file)
     write_safetensors(tmp_path / "x.safetensors", [(k, state[k]) for k in state], meta)
     with pytest.raises(

@@ -1,6 +1,7 @@
 """Each loss function against the HF PyTorch head's `loss` for the same labels (1e-5), our loss
 computed on our own logits (so the whole path, head and loss, is checked)."""
 
+import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -127,3 +128,40 @@ def jax_logsumexp(x):
     import jax
 
     return jax.nn.logsumexp(x)
+
+
+# -- bad labels (issue 13): HF raises; so do we, naming the loss and the range, under jit too ------
+
+
+@pytest.mark.parametrize("loss, logits_shape, labels", [
+    (eb.masked_lm_loss, (3, 5), [0, 5, 1]),
+    (eb.masked_lm_loss, (3, 5), [-5, 1, -100]),
+    (eb.token_classification_loss, (2, 4), [1, 4]),
+    (eb.multiple_choice_loss, (2, 3), [3, 0]),
+    (lambda lg, y: eb.sequence_classification_loss(lg, y), (2, 2), [0, 2]),
+    (lambda lg, y: eb.causal_lm_loss(lg, y), (3, 4), [0, 1, 9]),
+])
+def test_labels_outside_the_classes_raise(loss, logits_shape, labels):
+    logits = jnp.zeros(logits_shape)
+    labels = np.array(labels, np.int32)
+    with pytest.raises(ValueError, match=r"_loss: labels must lie in \[0, \d\) or be the ignore"):
+        loss(logits, labels)
+    with pytest.raises(eqx.EquinoxRuntimeError, match=r"_loss: labels must lie in \[0, \d\)"):
+        eqx.filter_jit(loss)(logits, jnp.asarray(labels))
+
+
+def test_ignore_index_and_valid_labels_still_work():
+    logits = jnp.zeros((3, 4))
+    assert float(eb.masked_lm_loss(logits, np.array([0, -100, 3]))) == pytest.approx(np.log(4))
+    assert float(eb.masked_lm_loss(logits, np.array([1, -100, 3], np.int64))) > 0
+    with pytest.raises(ValueError, match="entry 0 is 4294967297"):  # not wrapped to 1
+        eb.masked_lm_loss(logits, np.array([2**32 + 1, -100, 3], np.int64))
+
+
+def test_sequence_classification_labels_that_do_not_fit():
+    logits = jnp.zeros((3, 3))
+    with pytest.raises(ValueError, match=r"multi_label_classification\): labels \(3,\)"):
+        eb.sequence_classification_loss(logits, np.zeros(3, np.float32),
+                                        "multi_label_classification")
+    with pytest.raises(ValueError, match=r"regression\): labels \(3,\) do not fit logits"):
+        eb.sequence_classification_loss(logits, np.zeros(3, np.float32), "regression")

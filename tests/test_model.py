@@ -226,11 +226,11 @@ def test_token_ids_out_of_range_raise(model, jit):
     )
     ids, _ = ids_and_mask(40)
     types = jnp.zeros(40, jnp.int32)
-    with pytest.raises(Exception, match=r"input_ids out of range \[0, 50\)"):
+    with pytest.raises(Exception, match=r"input_ids has values outside \[0, 50\)"):
         jax.block_until_ready(call(model, ids.at[3].set(50), types))
-    with pytest.raises(Exception, match=r"input_ids out of range"):
+    with pytest.raises(Exception, match=r"input_ids has values outside"):
         jax.block_until_ready(call(model, ids.at[3].set(-1), types))
-    with pytest.raises(Exception, match=r"token_type_ids out of range \[0, 2\)"):
+    with pytest.raises(Exception, match=r"token_type_ids has values outside \[0, 2\)"):
         jax.block_until_ready(call(model, ids, types.at[0].set(2)))
 
 

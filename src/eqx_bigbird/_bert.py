@@ -6,12 +6,11 @@ RoBERTa numbers positions from `padding_idx + 1` (= 2): its first two rows are d
 position 0 is RoBERTa's first real position.
 """
 
-import json
 import os
 
 import numpy as np
 
-from ._config import BigBirdConfig
+from ._config import BigBirdConfig, read_json_object
 from ._hf_load import build_from_state, finish_load
 from ._hf_names import ENCODER_NAMES, bert_to_bigbird_name
 from ._hf_read import CheckpointError, LazyTensors, read_hf_weights
@@ -126,10 +125,11 @@ def _read_bert_config(path: str | os.PathLike, **bigbird) -> tuple[dict, BigBird
     folder = path if os.path.isdir(path) else os.path.dirname(path)
     config_file = os.path.join(folder, "config.json")
     try:
-        with open(config_file, encoding="utf-8") as f:
-            raw = json.load(f)
-    except (OSError, ValueError) as e:
+        raw = read_json_object(config_file)
+    except OSError as e:
         raise CheckpointError(f"{config_file}: cannot read ({e})") from None
+    except ValueError as e:  # names the file
+        raise CheckpointError(str(e)) from None
     model_type = raw.get("model_type")
     if model_type not in ("bert", "roberta"):
         raise CheckpointError(
@@ -137,7 +137,7 @@ def _read_bert_config(path: str | os.PathLike, **bigbird) -> tuple[dict, BigBird
         )
     try:
         return raw, bigbird_config_from_bert(raw, **bigbird)
-    except ValueError as e:
+    except (ValueError, TypeError) as e:
         raise CheckpointError(f"{config_file}: {e}") from None
 
 

@@ -2,7 +2,9 @@
 
 import dataclasses
 import json
+import math
 import os
+import types
 import typing
 import warnings
 from typing import Any, Literal
@@ -92,6 +94,13 @@ class BigBirdConfig:
     def __post_init__(self):
         def fail(name, why):
             raise ValueError(f"BigBirdConfig.{name}={getattr(self, name)!r}: {why}")
+
+        for f in dataclasses.fields(self):  # the annotations are the type table
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                fail(f.name, "must be finite")
+            if not _conforms(value, f.type):
+                fail(f.name, f"must be {_type_name(f.type)}, not {type(value).__name__}")
 
         for name in (
             "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
@@ -190,7 +199,16 @@ class BigBirdConfig:
         `extra`), or one of a few generic keys accepted only at their default value. Unknown keys
         raise `ValueError` (with `strict=False` they are kept in `extra` with a warning).
         """
-        raw = _read_json(path_or_dict)
+        raw = read_json_object(path_or_dict)
+        try:
+            return cls._from_raw(raw, strict)
+        except (ValueError, TypeError) as e:
+            if isinstance(path_or_dict, dict):
+                raise
+            raise ValueError(f"{_json_path(path_or_dict)}: {e}") from None
+
+    @classmethod
+    def _from_raw(cls, raw: dict[str, Any], strict: bool) -> "BigBirdConfig":
         model_type = raw.pop("model_type", "big_bird")
         if model_type != "big_bird":
             raise ValueError(
@@ -235,14 +253,69 @@ class BigBirdConfig:
         atomic_write_text(path, json.dumps(self.to_hf(), indent=2, sort_keys=True) + "\n")
 
 
-def _read_json(path_or_dict) -> dict[str, Any]:
+def _conforms(value, tp) -> bool:
+    """Whether `value` is of the annotated type `tp` (the field annotations of `BigBirdConfig`).
+    Strict as JSON reads: a bool is not a number, a string is never a number or a bool; a float
+    field takes an int (JSON writes 1e-12 and 1 alike) but must be finite."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is type(None):
+        return value is None
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is float:
+        return (
+            isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value)
+        )
+    if tp is str:
+        return isinstance(value, str)
+    if origin is Literal:
+        return any(type(value) is type(a) and value == a for a in args)
+    if origin in (typing.Union, types.UnionType):
+        return any(_conforms(value, a) for a in args)
+    if origin is tuple:
+        if not isinstance(value, tuple):
+            return False
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(_conforms(v, args[0]) for v in value)
+        return len(value) == len(args) and all(map(_conforms, value, args))
+    raise TypeError(f"no type check for annotation {tp!r}")  # a new kind of field
+
+
+def _type_name(tp) -> str:
+    if isinstance(tp, type):
+        return "None" if tp is type(None) else tp.__name__
+    return str(tp).replace("typing.", "").replace("NoneType", "None")
+
+
+def _json_path(path_or_dir) -> str:
+    path = os.fspath(path_or_dir)
+    return os.path.join(path, "config.json") if os.path.isdir(path) else path
+
+
+def read_json_object(path_or_dict) -> dict[str, Any]:
+    """The JSON object of a config file (a directory: its `config.json`), or a copy of the dict
+    given; a file that is not UTF-8, not JSON or not an object raises `ValueError` naming it."""
     if isinstance(path_or_dict, dict):
         return dict(path_or_dict)
-    path = os.fspath(path_or_dict)
-    if os.path.isdir(path):
-        path = os.path.join(path, "config.json")
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    if not isinstance(path_or_dict, (str, os.PathLike)):
+        raise TypeError(
+            f"BigBirdConfig.from_hf takes a path or a dict, got {type(path_or_dict).__name__}"
+        )
+    path = _json_path(path_or_dict)
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        raw = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text (byte {e.start})") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: expected a JSON object, not a {type(raw).__name__}")
+    return raw
 
 
 def _sort_keys(
@@ -259,7 +332,7 @@ def _sort_keys(
         if key in fields:
             kwargs[key] = value
         elif key == "architectures":
-            kwargs[key] = None if value is None else tuple(value)
+            kwargs[key] = tuple(value) if isinstance(value, list) else value
         elif key in required:
             if value != required[key]:
                 raise ValueError(
@@ -284,8 +357,22 @@ def _sort_keys(
 def _labels(id2label, label2id, num_labels) -> tuple[str, ...] | None:
     """The label names HF's `id2label` / `label2id` / `num_labels` describe (checked to agree)."""
     labels = None
+    for name, value in (("id2label", id2label), ("label2id", label2id)):
+        if value is not None and not isinstance(value, dict):
+            raise ValueError(f"config {name} must be a JSON object, not {type(value).__name__}")
+    if num_labels is not None and (
+        isinstance(num_labels, bool) or not isinstance(num_labels, int) or num_labels < 1
+    ):
+        raise ValueError(f"config num_labels={num_labels!r} must be a positive integer")
     if id2label is not None:
-        by_id = {int(i): name for i, name in id2label.items()}
+        try:
+            by_id = {int(i): name for i, name in id2label.items()}
+        except ValueError:
+            raise ValueError(
+                f"config id2label keys must be integers 0..n-1, got {sorted(id2label)}"
+            ) from None
+        if not all(isinstance(name, str) for name in by_id.values()):
+            raise ValueError(f"config id2label values must be label names (strings): {id2label}")
         if sorted(by_id) != list(range(len(by_id))):
             raise ValueError(f"config id2label keys must be 0..n-1, got {sorted(by_id)}")
         labels = tuple(by_id[i] for i in range(len(by_id)))
@@ -295,6 +382,8 @@ def _labels(id2label, label2id, num_labels) -> tuple[str, ...] | None:
     if num_labels is not None and num_labels != len(names):
         raise ValueError(f"config num_labels={num_labels} disagrees with id2label")
     if label2id is not None:
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in label2id.values()):
+            raise ValueError(f"config label2id values must be integers, got {label2id}")
         if {k: int(v) for k, v in label2id.items()} != {name: i for i, name in enumerate(names)}:
             raise ValueError("config label2id is not the inverse of id2label")
     return labels

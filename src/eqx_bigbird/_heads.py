@@ -24,7 +24,14 @@ from ._config import BigBirdConfig
 from ._generation_config import GenerationConfig
 from ._hub import HUB_OPTIONS, local_path
 from ._model import BigBirdModel, BigBirdModelOutput, KVCache
-from ._nn import normal_linear, one_example, per_token, resolve_inference, split_key
+from ._nn import (
+    check_values,
+    normal_linear,
+    one_example,
+    per_token,
+    resolve_inference,
+    split_key,
+)
 from ._registry import register
 
 MaskLike = Int[ArrayLike, " seq"] | Bool[ArrayLike, " seq"] | None
@@ -167,10 +174,12 @@ def _at_positions(h, positions):
         raise ValueError(
             f"positions must be a 1-D integer array, got {positions.shape} {positions.dtype}"
         )
-    positions = eqx.error_if(
-        positions, (positions < 0) | (positions >= h.shape[0]), "positions out of range"
+    seq = h.shape[0]
+    positions = check_values(
+        positions, lambda xp, p: (p < 0) | (p >= seq),
+        f"positions has values outside [0, {seq}) (the sequence length)",
     )
-    return h[positions]
+    return h[jnp.asarray(positions)]
 
 
 def _classifier_dropout(config):
@@ -762,4 +771,6 @@ class BigBirdForQuestionAnswering(AbstractHead):
         q_len = jnp.asarray(question_lengths)
         if q_len.shape != ():
             raise ValueError(f"question_lengths must be a scalar per example, got {q_len.shape}")
+        if not jnp.issubdtype(q_len.dtype, jnp.integer):
+            raise ValueError(f"question_lengths must be an integer, got dtype {q_len.dtype}")
         return jnp.arange(input_ids.shape[-1]) < q_len.astype(jnp.int32)

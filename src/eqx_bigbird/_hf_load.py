@@ -7,6 +7,7 @@ nothing may be left unfilled.
 
 import dataclasses
 import os
+import re
 import warnings
 
 import equinox as eqx
@@ -16,8 +17,21 @@ import jax.random as jr
 import numpy as np
 
 from ._config import BigBirdConfig
-from ._hf_names import canonical_name, hf_name_of, hf_names, tied_names, zero_defaults
-from ._hf_read import CheckpointError, LazyTensors, find_weights_file, read_hf_weights
+from ._hf_names import (
+    ENCODER_ROOTS,
+    canonical_name,
+    hf_name_of,
+    hf_names,
+    tied_names,
+    zero_defaults,
+)
+from ._hf_read import (
+    CheckpointError,
+    LazyTensors,
+    find_weights_file,
+    read_hf_weights,
+    safetensors_metadata,
+)
 from ._hub import local_path
 from ._registry import config_class
 from ._tree import path_str
@@ -87,6 +101,18 @@ def _target_dtype(leaf_dtype, value_dtype, dtype):
     return jnp.dtype(dtype)
 
 
+def _check_dtype(dtype):
+    """`dtype` is None, "keep" or a floating dtype (weights are never cast to integers)."""
+    if dtype is None or (isinstance(dtype, str) and dtype == "keep"):
+        return
+    try:
+        ok = jnp.issubdtype(jnp.dtype(dtype), jnp.floating)
+    except TypeError:
+        ok = False
+    if not ok:
+        raise ValueError(f"dtype={dtype!r}: expected None, 'keep' or a floating dtype")
+
+
 def _progress_bar(total: int, desc: str, enabled: bool):
     if not enabled:
         return None
@@ -105,6 +131,7 @@ class _Findings:
     missing: list = dataclasses.field(default_factory=list)
     misshaped: list = dataclasses.field(default_factory=list)
     initialised: list = dataclasses.field(default_factory=list)
+    nonfinite: list = dataclasses.field(default_factory=list)
 
 
 def _fill_leaf(leaf, ours, init_leaf, state, names, dtype, found):
@@ -127,7 +154,11 @@ def _fill_leaf(leaf, ours, init_leaf, state, names, dtype, found):
         return leaf
     value = np.stack([state[k] for k in keys]) if stacked else state[keys[0]]
     found.used.update(keys)
-    return jnp.asarray(value, dtype=_target_dtype(leaf.dtype, value.dtype, dtype))
+    value = jnp.asarray(value, dtype=_target_dtype(leaf.dtype, value.dtype, dtype))
+    # NaN/inf weights make every output NaN; checked after the cast, which may overflow.
+    if jnp.issubdtype(value.dtype, jnp.inexact) and not bool(jnp.isfinite(value).all()):
+        found.nonfinite.append(pattern)
+    return value
 
 
 def _check_tied(state, tied, found) -> list[str]:
@@ -148,6 +179,8 @@ def _raise_problems(found, source):
         problems.append(f"missing keys: {found.missing}")
     if found.misshaped:
         problems.append(f"mis-shaped keys: {found.misshaped}")
+    if found.nonfinite:
+        problems.append(f"NaN or inf in {found.nonfinite}")
     if problems:
         raise CheckpointError(f"{source} does not fit the model; " + "; ".join(problems))
 
@@ -182,9 +215,10 @@ def fill_from_state(
       stay so); anything else casts floating leaves to it.
     - `tied`: `{HF key: HF key it duplicates}` (tied decoder weights): accepted if equal.
 
-    Returns the model and a `LoadReport`. Every problem (missing, mis-shaped) is collected and
-    raised together as one `CheckpointError` naming `source`.
+    Returns the model and a `LoadReport`. Every problem (missing, mis-shaped, NaN or inf
+    values) is collected and raised together as one `CheckpointError` naming `source`.
     """
+    _check_dtype(dtype)
     leaves, treedef = jax.tree_util.tree_flatten_with_path(skeleton)
     init_leaves = jax.tree_util.tree_leaves(init) if init is not None else [None] * len(leaves)
     found, filled = _Findings(), []
@@ -224,16 +258,44 @@ def build_from_state(
     key = jr.PRNGKey(0) if key is None else key
     skeleton = eqx.filter_eval_shape(cls, config, key=key, **model_kwargs)
     init = cls(config, key=key, **model_kwargs) if allow_init else None
-    return fill_from_state(
+    names = hf_names(cls, config)
+    model, report = fill_from_state(
         skeleton,
         state,
-        hf_names(cls, config),
+        names,
         init=init,
         source=source,
         dtype=dtype,
         tied=tied_names(cls, config),
         progress=progress,
     )
+    own = _own_unused(report.unused, skeleton, names)
+    if own:
+        raise CheckpointError(
+            f"{source}: checkpoint keys of the {cls.__name__} that its config does not use "
+            f"(num_hidden_layers={config.num_hidden_layers}, add_cross_attention="
+            f"{getattr(config, 'add_cross_attention', None)}): {own}"
+        )
+    return model, report
+
+
+# HF buffers (not weights) that older PyTorch checkpoints save; HF ignores them on load.
+_HF_BUFFERS = ("bert.embeddings.position_ids", "bert.embeddings.token_type_ids")
+
+
+def _own_unused(unused: list[str], skeleton, names: dict[str, str]) -> list[str]:
+    """The unused keys that belong to the model being loaded, not to another head: anything of the
+    encoder's embeddings and layers (extra layers, cross-attention the config lacks, unknown
+    pieces), and anything under one of the model's own modules. Keys of other heads (and a pooler
+    the model was built without) may be skipped; they stay in `LoadReport.unused`."""
+    modules = {
+        hf_name_of(path_str(p), names).rsplit(".", 1)[0]
+        for p, x in jax.tree_util.tree_flatten_with_path(skeleton)[0]
+        if isinstance(x, jax.ShapeDtypeStruct)
+    }
+    patterns = [re.escape(m).replace(re.escape("{i}"), r"\d+") + r"\." for m in modules]
+    own = re.compile("|".join(patterns + [re.escape(r) for r in ENCODER_ROOTS]))
+    return [k for k in unused if k not in _HF_BUFFERS and own.match(k)]
 
 
 def finish_load(model, report: LoadReport, *, who: str, shown: str | None, return_report: bool):
@@ -255,9 +317,25 @@ def read_config(path: str | os.PathLike, weights: str, cls=BigBirdConfig):
     try:
         return cls.from_hf(config_file)
     except FileNotFoundError:
+        if _is_ours(weights):
+            raise CheckpointError(
+                f"{weights} is an eqx-bigbird checkpoint, not an HF one: load it with "
+                "eqx_bigbird.load (or convert it to HF with `eqx-bigbird convert --to-hf`)"
+            ) from None
         raise CheckpointError(f"{config_dir}: no config.json next to {weights}") from None
-    except (ValueError, TypeError) as e:
-        raise CheckpointError(f"{config_file}: {e}") from None
+    except (ValueError, TypeError) as e:  # from_hf names the file
+        raise CheckpointError(str(e)) from None
+
+
+def _is_ours(weights: str) -> bool:
+    from ._serialization import FORMAT  # (it imports this module)
+
+    if not weights.endswith(".safetensors"):
+        return False
+    try:
+        return safetensors_metadata(weights).get("format") == FORMAT
+    except CheckpointError:
+        return False
 
 
 def from_pretrained(

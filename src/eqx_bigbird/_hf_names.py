@@ -121,6 +121,9 @@ def hf_name_of(our_path: str, names: Mapping[str, str]) -> str:
     raise KeyError(f"no HF name for {our_path}")
 
 
+# Where the encoder's embeddings and layers live in canonical names: any key under these belongs to
+# every model class (a key there that a load does not use is an error, not another head's weight).
+ENCODER_ROOTS = ("bert.embeddings.", "bert.encoder.")
 # Top-level HF module names that belong to the encoder: HF's base class saves them unprefixed.
 _ENCODER_ROOTS = ("embeddings.", "encoder.", "pooler.")
 

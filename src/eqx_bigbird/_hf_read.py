@@ -8,6 +8,7 @@ scale/embedding -> weight), so everything downstream sees one naming.
 import json
 import os
 import re
+import zipfile
 from collections.abc import Callable, Mapping
 
 import jax.numpy as jnp
@@ -75,52 +76,45 @@ def _dtype_from_name(name: str) -> np.dtype:
 _ST_DTYPES = {v: k for k, v in SAFETENSORS_DTYPES.items()}
 
 
-def _check_safetensors_entry(file: str, name: str, info) -> int:
-    """The end offset of one header entry, after checking its size matches its dtype and shape."""
+def _open_safetensors(file: str):
+    """`safetensors.safe_open(file)`: the library validates the header (offsets that tile the data
+    section without overlap, sizes that match dtype and shape, the file's length); every failure
+    is a `CheckpointError` naming the file. Nothing is read but the header."""
+    from safetensors import SafetensorError, safe_open
+
     try:
-        dtype = _ST_DTYPES[info["dtype"]]
-        lo, hi = info["data_offsets"]
-        count = int(np.prod(info["shape"], dtype=np.int64))
-    except (KeyError, TypeError, ValueError):
-        raise CheckpointError(f"{file}: corrupt safetensors entry {name!r}: {info}") from None
-    if hi - lo != count * _dtype_from_name(dtype).itemsize:
-        raise CheckpointError(f"{file}: corrupt safetensors entry {name!r}: size mismatch")
-    return hi
+        return safe_open(file, framework="numpy")
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{file}: {_diagnose(file)} ({e})") from None
 
 
-def safetensors_header(file: str) -> tuple[dict, int]:
-    """The parsed header of a safetensors file and where its data starts; validated against the
-    file size so truncated or corrupt files are reported here, naming the file."""
+def _diagnose(file: str) -> str:
+    """What is wrong with a file the library refused: truncated (the library only says "not fully
+    covered"), or corrupt."""
     size = os.path.getsize(file)
     with open(file, "rb") as f:
         head = f.read(8)
-        if len(head) < 8:
-            raise CheckpointError(f"{file}: truncated or not a safetensors file ({size} bytes)")
-        n = int.from_bytes(head, "little")
-        if n > min(size - 8, 100_000_000):
-            raise CheckpointError(
-                f"{file}: corrupt or truncated safetensors header "
-                f"(declares {n} bytes, file has {size})"
-            )
+        n = int.from_bytes(head, "little") if len(head) == 8 else -1
+        if not 0 < n <= min(size - 8, 100_000_000):
+            return f"truncated or not a safetensors file ({size} bytes)"
         try:
             header = json.loads(f.read(n))
-        except ValueError as e:
-            raise CheckpointError(f"{file}: corrupt safetensors header ({e})") from None
-    if not isinstance(header, dict):
-        raise CheckpointError(f"{file}: corrupt safetensors header (not a JSON object)")
-    start = 8 + n
-    end = max(
-        (_check_safetensors_entry(file, k, v) for k, v in header.items() if k != "__metadata__"),
-        default=0,
-    )
-    if start + end > size:
-        raise CheckpointError(
-            f"{file}: truncated (the header needs {start + end} bytes, the file has {size})"
-        )
-    return header, start
+            end = max(
+                (v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0
+            )
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+            return "corrupt safetensors header"
+    if isinstance(end, int) and 8 + n + end > size:
+        return f"truncated (the header needs {8 + n + end} bytes, the file has {size})"
+    return "corrupt safetensors file"
 
 
-def _safetensors_shards(path: str) -> list[str]:
+def safetensors_metadata(file: str) -> dict[str, str]:
+    """The `__metadata__` of a safetensors file (empty if none), after the library validated it."""
+    return _open_safetensors(file).metadata() or {}
+
+
+def safetensors_shards(path: str) -> list[str]:
     """The files behind `path`: itself, or the shards a `.index.json` names."""
     if not path.endswith(".json"):
         return [path]
@@ -143,26 +137,23 @@ def _old_layer_norm_name(name: str) -> str:
 def read_safetensors(path: str) -> LazyTensors:
     """A `model.safetensors` file (or a sharded `model.safetensors.index.json`), read lazily.
 
-    Our own parser (the format is a JSON header + raw little-endian bytes): bf16 needs no framework,
-    and every tensor is read with one `readinto`, never memory-mapped wholesale.
+    Read through the `safetensors` library (its header validation, one tensor copied out of the
+    memory map per lookup). bf16 comes back as ml_dtypes' `bfloat16` (jax's).
     """
     loaders, shapes = {}, {}
-    for file in _safetensors_shards(path):
-        header, start = safetensors_header(file)
-        for name, info in header.items():
-            if name == "__metadata__":
-                continue
-            dtype, shape = _dtype_from_name(_ST_DTYPES[info["dtype"]]), tuple(info["shape"])
-            lo = start + info["data_offsets"][0]
-
-            def load(file=file, lo=lo, dtype=dtype, shape=shape):
-                out = np.empty(shape, dtype)
-                with open(file, "rb") as f:
-                    f.seek(lo)
-                    f.readinto(out.reshape(-1).view(np.uint8).data)
-                return out
-
-            loaders[name], shapes[name] = load, shape
+    for file in safetensors_shards(path):
+        handle = _open_safetensors(file)
+        for name in handle.keys():  # noqa: SIM118 (safe_open is not iterable)
+            view = handle.get_slice(name)
+            if view.get_dtype() not in _ST_DTYPES:
+                raise CheckpointError(
+                    f"{file}: tensor {name!r} has dtype {view.get_dtype()}, which eqx-bigbird "
+                    f"does not read (known: {sorted(_ST_DTYPES)})"
+                )
+            if name in loaders:
+                raise CheckpointError(f"{path}: tensor {name!r} is in more than one shard")
+            loaders[name] = lambda handle=handle, name=name: handle.get_tensor(name)
+            shapes[name] = tuple(view.get_shape())
     return LazyTensors(loaders, shapes, path).renamed(_old_layer_norm_name)
 
 
@@ -258,12 +249,22 @@ def read_pytorch_bin(path: str) -> LazyTensors:
             'safetensors where torch is installed: python -c "import torch, safetensors.torch as s; '
             "s.save_file(torch.load('pytorch_model.bin', weights_only=True), 'model.safetensors')\""
         ) from None
+    # torch >= 1.6 writes a zip archive, which torch can memory-map; older files are one legacy
+    # pickle stream that it can only read whole (still through the restricted loader).
+    legacy = not zipfile.is_zipfile(path)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=not legacy)
     except Exception as e:
+        kind = "a zip archive"
+        if legacy:
+            kind = "not a zip archive (read as a legacy torch < 1.6 pickle)"
         raise CheckpointError(
-            f"{path}: cannot load with torch.load(weights_only=True): {e}"
+            f"{path}: {kind}, which torch.load(weights_only=True) refused ({type(e).__name__}); "
+            "nothing else is unpickled: re-save it as model.safetensors where it was made "
+            "(safetensors.torch.save_file(model.state_dict(), 'model.safetensors'))"
         ) from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: holds a {type(state).__name__}, not a state dict")
     out = {}
     for k, v in state.items():
         if not isinstance(v, torch.Tensor):

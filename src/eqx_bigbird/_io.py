@@ -46,6 +46,40 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def atomic_savefig(fig, path: str | os.PathLike, **kwargs) -> None:
+    """`fig.savefig(path, **kwargs)`, atomically (the format from the file's extension)."""
+    ext = os.path.splitext(os.fspath(path))[1].lstrip(".").lower()
+    with atomic_writer(path) as f:
+        fig.savefig(f, format=ext or None, **kwargs)
+
+
+def _undecodable(path, data: bytes, e: UnicodeDecodeError) -> ValueError:
+    line = data.count(b"\n", 0, e.start) + 1
+    return ValueError(f"{os.fspath(path)}:{line}: not UTF-8 text (byte {e.start})")
+
+
+def read_text(path: str | os.PathLike) -> str:
+    """A UTF-8 text file; bytes that are not UTF-8 raise `ValueError` naming the file and line."""
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise _undecodable(path, data, e) from None
+
+
+def read_lines(path: str | os.PathLike) -> Iterable[tuple[int, str]]:
+    """`(line number, line)` of a UTF-8 text file, read line by line (checked like `read_text`)."""
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, 1):
+            try:
+                yield number, raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise ValueError(
+                    f"{os.fspath(path)}:{number}: not UTF-8 text (byte {e.start} of the line)"
+                ) from None
+
+
 # numpy dtype name -> safetensors dtype tag (bfloat16 is ml_dtypes', as jax uses).
 SAFETENSORS_DTYPES = {
     "float64": "F64",

@@ -4,22 +4,37 @@ Each takes one example or a batch (any leading axes) and reduces the way HF's Py
 a mean over all entries whose label is not `IGNORE_INDEX` (-100), across the whole batch. (So the
 loss of a batch is not the mean of per-example losses; vmap the model, not the loss.) As in HF, a
 batch in which every label is ignored gives NaN (0 / 0).
+
+Class labels must be integers in `[0, classes)` or the ignore index; others raise naming the loss
+and the range, as HF's do (on the host for concrete labels, with `eqx.error_if` under jit).
 """
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Int, Real
+
+from ._nn import check_values
 
 IGNORE_INDEX = -100
 
 
-def _cross_entropy(logits, labels, ignore_index=IGNORE_INDEX, label_smoothing=0.0):
+def _cross_entropy(logits, labels, loss: str, ignore_index=IGNORE_INDEX, label_smoothing=0.0):
     """Mean cross-entropy over the entries whose label is not `ignore_index` (torch semantics,
-    also of `label_smoothing`: the target is `(1 - e) one_hot + e / classes`)."""
+    also of `label_smoothing`: the target is `(1 - e) one_hot + e / classes`); `loss` names the
+    loss in the error a label outside `[0, classes)` raises."""
     logits = logits.astype(jnp.float32)
-    labels = jnp.asarray(labels)
+    if not isinstance(labels, jax.Array):
+        labels = np.asarray(labels)
     if logits.shape[:-1] != labels.shape:
-        raise ValueError(f"logits {logits.shape} do not fit labels {labels.shape}")
+        raise ValueError(f"{loss}: logits {logits.shape} do not fit labels {labels.shape}")
+    if not jnp.issubdtype(labels.dtype, jnp.integer):
+        raise ValueError(f"{loss}: labels must be integers, got dtype {labels.dtype}")
+    classes = logits.shape[-1]
+    labels = jnp.asarray(check_values(
+        labels, lambda xp, y: ((y < 0) | (y >= classes)) & (y != ignore_index),
+        f"{loss}: labels must lie in [0, {classes}) or be the ignore index {ignore_index}",
+    ))
     valid = labels != ignore_index
     safe = jnp.where(valid, labels, 0).astype(jnp.int32)
     logp = jax.nn.log_softmax(logits, axis=-1)
@@ -39,7 +54,7 @@ def masked_lm_loss(
 
     **Returns:** the mean over the labelled tokens.
     """
-    return _cross_entropy(logits, labels)
+    return _cross_entropy(logits, labels, "masked_lm_loss")
 
 
 def causal_lm_loss(
@@ -53,7 +68,7 @@ def causal_lm_loss(
     labels = jnp.asarray(labels)
     pad = [(0, 0)] * (labels.ndim - 1) + [(0, 1)]
     shifted = jnp.pad(labels, pad, constant_values=IGNORE_INDEX)[..., 1:]
-    return _cross_entropy(logits, shifted)
+    return _cross_entropy(logits, shifted, "causal_lm_loss")
 
 
 def seq2seq_lm_loss(
@@ -70,7 +85,7 @@ def seq2seq_lm_loss(
     """
     if not 0.0 <= label_smoothing < 1.0:
         raise ValueError(f"label_smoothing={label_smoothing!r} must lie in [0, 1)")
-    return _cross_entropy(logits, labels, label_smoothing=label_smoothing)
+    return _cross_entropy(logits, labels, "seq2seq_lm_loss", label_smoothing=label_smoothing)
 
 
 def pretraining_loss(
@@ -84,9 +99,11 @@ def pretraining_loss(
 
     **Returns:** the summed loss.
     """
-    loss = _cross_entropy(prediction_logits, labels)
+    loss = _cross_entropy(prediction_logits, labels, "pretraining_loss (labels)")
     if next_sentence_label is not None:
-        loss = loss + _cross_entropy(seq_relationship_logits, next_sentence_label)
+        loss = loss + _cross_entropy(
+            seq_relationship_logits, next_sentence_label, "pretraining_loss (next_sentence_label)"
+        )
     return loss
 
 
@@ -118,7 +135,7 @@ def sequence_classification_loss(
     **Returns:** the loss.
     """
     num_labels = logits.shape[-1]
-    labels = jnp.asarray(labels)
+    labels = labels if isinstance(labels, jax.Array) else np.asarray(labels)
     kind = resolve_problem_type(problem_type, num_labels, labels)
     if kind == "regression":
         x = logits.astype(jnp.float32)
@@ -126,29 +143,39 @@ def sequence_classification_loss(
         if num_labels == 1:
             x = x[..., 0]
             y = y[..., 0] if y.shape == x.shape + (1,) else y
+        _same_shape(x, y, "regression")
         return jnp.mean(jnp.square(x - y))
     if kind == "single_label_classification":
-        return _cross_entropy(logits, labels)
+        return _cross_entropy(logits, labels, "sequence_classification_loss")
     if kind == "multi_label_classification":
         x = logits.astype(jnp.float32)
         y = labels.astype(jnp.float32)
+        _same_shape(x, y, "multi_label_classification")
         # log(1 + exp(-|x|)) form, as torch's BCEWithLogits: stable for large |x|.
         return jnp.mean(jnp.maximum(x, 0.0) - x * y + jnp.log1p(jnp.exp(-jnp.abs(x))))
     raise ValueError(f"unknown problem_type {kind!r}")
+
+
+def _same_shape(x, y, kind: str):
+    # Broadcasting would silently pair each logit with the wrong label.
+    if x.shape != y.shape:
+        raise ValueError(
+            f"sequence_classification_loss ({kind}): labels {y.shape} do not fit logits {x.shape}"
+        )
 
 
 def multiple_choice_loss(
     logits: Float[Array, "*batch choices"], labels: Int[ArrayLike, "*batch"]
 ) -> Float[Array, ""]:
     """Cross-entropy over the choices (HF `BigBirdForMultipleChoice`)."""
-    return _cross_entropy(logits, labels)
+    return _cross_entropy(logits, labels, "multiple_choice_loss")
 
 
 def token_classification_loss(
     logits: Float[Array, "*batch seq labels"], labels: Int[ArrayLike, "*batch seq"]
 ) -> Float[Array, ""]:
     """Per-token cross-entropy, `-100` ignored (HF `BigBirdForTokenClassification`)."""
-    return _cross_entropy(logits, labels)
+    return _cross_entropy(logits, labels, "token_classification_loss")
 
 
 def question_answering_loss(
@@ -166,6 +193,6 @@ def question_answering_loss(
     seq = start_logits.shape[-1]
     start = jnp.clip(jnp.asarray(start_positions), 0, seq)
     end = jnp.clip(jnp.asarray(end_positions), 0, seq)
-    start_loss = _cross_entropy(start_logits, start, ignore_index=seq)
-    end_loss = _cross_entropy(end_logits, end, ignore_index=seq)
+    start_loss = _cross_entropy(start_logits, start, "question_answering_loss", ignore_index=seq)
+    end_loss = _cross_entropy(end_logits, end, "question_answering_loss", ignore_index=seq)
     return (start_loss + end_loss) / 2

@@ -15,7 +15,7 @@ from . import sparse_attention as sa
 from ._attention import OutputAttentions
 from ._config import BigBirdConfig
 from ._layers import BigBirdEmbeddings, BigBirdEncoder, ExecutionOptions, LayerOutput
-from ._nn import normal_linear, one_example, resolve_inference, split_key
+from ._nn import check_values, normal_linear, one_example, resolve_inference, split_key
 from ._registry import register
 
 MaskLike = Int[ArrayLike, " seq"] | Bool[ArrayLike, " seq"]
@@ -77,27 +77,43 @@ class _Inputs(typing.NamedTuple):
     positions: Int[Array, " seq"]
 
 
-def _ids(x, name: str, seq: int, upper: int) -> Int[Array, " seq"]:
-    """`x` as int32 ids of shape `(seq,)`; ids outside [0, upper) raise, also under jit."""
-    x = jnp.asarray(x)
+def _ids(x, name: str, seq: int, upper: int, limit: str) -> Int[Array, " seq"]:
+    """`x` as int32 ids of shape `(seq,)`. Ids outside `[0, upper)` raise, also under jit; on the
+    host they are checked before the cast, so an int64 id of 2**32 + 7 is not read as 7 (traced
+    ids are int32 already: JAX without x64 casts when the array is made)."""
+    if isinstance(x, (str, bytes)):
+        raise TypeError(f"{name} must be integer ids, got a {type(x).__name__}")
+    if not isinstance(x, jax.Array):
+        x = np.asarray(x)
     if x.shape != (seq,):
         raise ValueError(f"{name} has shape {x.shape}, expected ({seq},) like input_ids")
     if not jnp.issubdtype(x.dtype, jnp.integer):
         raise ValueError(f"{name} must hold integers, got dtype {x.dtype}")
-    x = x.astype(jnp.int32)
-    return eqx.error_if(x, (x < 0) | (x >= upper), f"{name} out of range [0, {upper})")
+    x = check_values(
+        x, lambda xp, v: (v < 0) | (v >= upper),
+        f"{name} has values outside [0, {upper}) ({limit}={upper})",
+    )
+    return jnp.asarray(x).astype(jnp.int32)
 
 
 def _mask(mask, name: str, seq: int) -> Float[Array, " seq"]:
-    """A 0/1 (int or bool) mask of shape `(seq,)` as float32; all ones when `None`."""
+    """A 0/1 (int or bool) mask of shape `(seq,)` as float32; all ones when `None`. Other values
+    (2, -1) raise, also under jit: they would scale the attention scores."""
     if mask is None:
         return jnp.ones((seq,), jnp.float32)
-    mask = jnp.asarray(mask)
+    if isinstance(mask, (str, bytes)):
+        raise TypeError(f"{name} must be 0/1 ints or bools, got a {type(mask).__name__}")
+    if not isinstance(mask, jax.Array):
+        mask = np.asarray(mask)
     if mask.shape != (seq,):
         raise ValueError(f"{name} has shape {mask.shape}, expected ({seq},)")
-    if mask.dtype != jnp.bool_ and not jnp.issubdtype(mask.dtype, jnp.integer):
-        raise ValueError(f"{name} must be 0/1 ints or bools, got {mask.dtype}")
-    return mask.astype(jnp.float32)
+    if mask.dtype != jnp.bool_:
+        if not jnp.issubdtype(mask.dtype, jnp.integer):
+            raise ValueError(f"{name} must be 0/1 ints or bools, got {mask.dtype}")
+        mask = check_values(
+            mask, lambda xp, m: (m != 0) & (m != 1), f"{name} must hold only 0 and 1"
+        )
+    return jnp.asarray(mask).astype(jnp.float32)
 
 
 def _pad(inputs: _Inputs, padded: int, config: BigBirdConfig) -> _Inputs:
@@ -142,7 +158,11 @@ def layer_plans(config, options, seq, padded, random_plan, key, inference):
                 f"random_plan has shape {random_plan.shape}, expected {expected} for {padded} "
                 "(padded) tokens"
             )
-        return random_plan
+        # A block index outside the sequence would be clamped by the gather, silently.
+        return check_values(
+            random_plan, lambda xp, p: (p < 0) | (p >= nb),
+            f"random_plan has block indices outside [0, {nb}) ({padded} padded tokens)",
+        )
     if options.random_attention == "fixed":
         return jnp.asarray(np.stack([
             sa.paper_plan(
@@ -304,10 +324,13 @@ class BigBirdModel(eqx.Module):
         if position_ids is None:
             position_ids = start + jnp.arange(seq, dtype=jnp.int32)
         return _Inputs(
-            ids=_ids(input_ids, "input_ids", seq, c.vocab_size),
+            ids=_ids(input_ids, "input_ids", seq, c.vocab_size, "vocab_size"),
             mask=_mask(attention_mask, "attention_mask", seq),
-            types=_ids(token_type_ids, "token_type_ids", seq, c.type_vocab_size),
-            positions=_ids(position_ids, "position_ids", seq, c.max_position_embeddings),
+            types=_ids(token_type_ids, "token_type_ids", seq, c.type_vocab_size, "type_vocab_size"),
+            positions=_ids(
+                position_ids, "position_ids", seq, c.max_position_embeddings,
+                "max_position_embeddings",
+            ),
         )
 
     def _check_cross(self, states, mask):
@@ -334,8 +357,17 @@ class BigBirdModel(eqx.Module):
         if head_mask is None:
             return None
         c = self.config
-        head_mask = jnp.asarray(head_mask, jnp.float32)
-        return jnp.broadcast_to(head_mask, (c.num_hidden_layers, c.num_attention_heads))
+        shapes = ((c.num_hidden_layers, c.num_attention_heads), (c.num_attention_heads,))
+        if jnp.shape(head_mask) not in shapes:
+            raise ValueError(
+                f"head_mask has shape {jnp.shape(head_mask)}, expected (layers, heads) = "
+                f"{shapes[0]} or (heads,) = {shapes[1]}"
+            )
+        head_mask = jnp.asarray(head_mask)
+        if not (jnp.issubdtype(head_mask.dtype, jnp.number) or head_mask.dtype == jnp.bool_):
+            raise ValueError(f"head_mask must hold numbers, got dtype {head_mask.dtype}")
+        head_mask = head_mask.astype(jnp.float32)
+        return jnp.broadcast_to(head_mask, shapes[0])
 
     def _plans(self, seq, padded, random_plan, key, inference):
         return layer_plans(self.config, self.options, seq, padded, random_plan, key, inference)

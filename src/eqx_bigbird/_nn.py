@@ -6,6 +6,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
+import numpy as np
 from jaxtyping import PRNGKeyArray
 
 
@@ -55,6 +56,27 @@ def resolve_inference(module, inference: bool | None, key) -> bool:
     return inference
 
 
+def check_values(x, is_bad, message: str):
+    """`x`, after checking that no entry is bad: `is_bad(xp, x)` (`xp` is numpy or jax.numpy)
+    gives a boolean array.
+
+    A concrete `x` (numpy, or a jax array outside `jit`) is checked on the host, in its own dtype
+    (so int64 ids above 2**31 are seen before any cast), and raises `ValueError(message)`, naming
+    the first bad entry. A traced `x` is checked with `eqx.error_if`: the same message at run
+    time, as an `EquinoxRuntimeError` under `eqx.filter_jit` (under plain `jax.jit` JAX wraps it
+    in an `XlaRuntimeError` whose text contains the message).
+    """
+    if isinstance(x, jax.core.Tracer):
+        return eqx.error_if(x, is_bad(jnp, x), message)
+    host = np.asarray(x)
+    bad = np.asarray(is_bad(np, host))
+    if bad.any():
+        where = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(f"{message} (entry {where if len(where) > 1 else where[0]} is "
+                         f"{host[where].item()!r})")
+    return x
+
+
 def one_example(rank: int = 1):
     """Decorates a model's `__call__`: `input_ids` of the wrong rank (usually a batch passed by
     mistake) is reported as such before a runtime type checker reports the annotation."""
@@ -62,6 +84,11 @@ def one_example(rank: int = 1):
     def decorate(call):
         @functools.wraps(call)
         def checked(self, input_ids, *args, **kwargs):
+            if isinstance(input_ids, (str, bytes)):
+                raise TypeError(
+                    f"{type(self).__name__} takes token ids, got a {type(input_ids).__name__} "
+                    "(text): encode it first, e.g. Tokenizer.encode(text).input_ids"
+                )
             if jnp.ndim(input_ids) != rank:
                 shape = "(seq,)" if rank == 1 else "(num_choices, seq)"
                 raise ValueError(

@@ -16,8 +16,8 @@ from ._config import (
     BigBirdConfig,
     _default_labels,
     _labels,
-    _read_json,
     _sort_keys,
+    read_json_object,
 )
 
 MODEL_TYPE = "bigbird_pegasus"
@@ -207,7 +207,7 @@ class BigBirdPegasusConfig:
         """Reads an HF `config.json` (a file, a directory holding one, or its dict); unknown keys
         raise `ValueError` (with `strict=False` they are kept in `extra` with a warning).
         `num_hidden_layers`, which HF writes as a copy of `encoder_layers`, must agree with it."""
-        raw = _read_json(path_or_dict)
+        raw = read_json_object(path_or_dict)
         model_type = raw.pop("model_type", MODEL_TYPE)
         if model_type != MODEL_TYPE:
             raise ValueError(f"config model_type={model_type!r} is not {MODEL_TYPE!r}")

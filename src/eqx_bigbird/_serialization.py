@@ -5,6 +5,8 @@ config and a format version, and whose tensors are the model's array leaves name
 skeleton from the header, filled leaf by leaf, and nothing may be left unfilled. Writes are atomic.
 """
 
+import dataclasses
+import inspect
 import json
 import os
 
@@ -13,8 +15,9 @@ import jax
 import jax.random as jr
 
 from ._hf_load import fill_from_state
-from ._hf_read import CheckpointError, read_safetensors, safetensors_header
+from ._hf_read import CheckpointError, read_safetensors, safetensors_metadata
 from ._io import write_safetensors
+from ._layers import ExecutionOptions
 from ._registry import MODEL_CLASSES, config_class
 from ._tree import array_leaves, path_str
 
@@ -77,37 +80,66 @@ def model_skeleton(header: dict, source, cls: type | None = None):
         config = config_class(classes[name]).from_hf(header["config"])
     except (ValueError, TypeError) as e:
         raise CheckpointError(f"{source}: bad config in header: {e}") from None
-    return eqx.filter_eval_shape(
-        classes[name], config, key=jr.PRNGKey(0), **header["init_kwargs"]
-    )
+    _check_init_kwargs(source, classes[name], header["init_kwargs"])
+    try:
+        return eqx.filter_eval_shape(
+            classes[name], config, key=jr.PRNGKey(0), **header["init_kwargs"]
+        )
+    except (ValueError, TypeError) as e:
+        raise CheckpointError(f"{source}: bad init_kwargs in header: {e}") from None
 
 
 def read_header(path: str | os.PathLike) -> dict:
     """The header of one of our checkpoints: format_version, model_class, config, init_kwargs."""
     file = checkpoint_file(path)
     if not os.path.exists(file):
+        if os.path.isdir(path):
+            hf = os.path.exists(os.path.join(path, "config.json"))
+            raise CheckpointError(
+                f"{os.fspath(path)}: a directory without {EQX_FILE}"
+                + ("; it looks like an HF checkpoint (convert it without --to-hf, or load it with "
+                   "from_pretrained)" if hf else "")
+            )
         raise CheckpointError(f"{file}: no such file")
-    meta = safetensors_header(file)[0].get("__metadata__") or {}
+    meta = safetensors_metadata(file)
     if meta.get("format") != FORMAT:
         raise CheckpointError(
             f"{file}: not an eqx-bigbird checkpoint (format={meta.get('format')!r}); HF checkpoints "
             "load with BigBirdModel.from_pretrained or `eqx-bigbird convert`"
         )
-    version = int(meta.get("format_version", -1))
-    if version != FORMAT_VERSION:
+    version = meta.get("format_version")
+    if version != str(FORMAT_VERSION):
         raise CheckpointError(
-            f"{file}: format version {version}, this eqx-bigbird reads {FORMAT_VERSION}"
+            f"{file}: format_version {version!r}, this eqx-bigbird reads {FORMAT_VERSION}"
         )
     try:
-        return {
-            "format_version": version,
-            "model_class": meta["model_class"],
-            "config": json.loads(meta["config"]),
-            "init_kwargs": json.loads(meta["init_kwargs"]),
-            "inference": json.loads(meta["inference"]),
-        }
-    except (KeyError, ValueError) as e:
-        raise CheckpointError(f"{file}: corrupt eqx-bigbird header ({e!r})") from None
+        header = {name: json.loads(meta[name]) for name in ("config", "init_kwargs", "inference")}
+        header["model_class"] = meta["model_class"]
+    except KeyError as e:
+        raise CheckpointError(f"{file}: eqx-bigbird header lacks {e.args[0]!r}") from None
+    except ValueError as e:
+        raise CheckpointError(f"{file}: corrupt eqx-bigbird header ({e})") from None
+    for name, kind, what in (
+        ("config", dict, "object"), ("init_kwargs", dict, "object"), ("inference", bool, "bool")
+    ):
+        if not isinstance(header[name], kind):
+            # A config given as a string would be read as a path to some other file.
+            raise CheckpointError(
+                f"{file}: header {name} must be a JSON {what}, got {type(header[name]).__name__}"
+            )
+    return {"format_version": FORMAT_VERSION, **header}
+
+
+def _check_init_kwargs(file: str, cls: type, kwargs: dict):
+    """The saved constructor keywords are ones `cls` takes (its own and `ExecutionOptions`)."""
+    own = set(inspect.signature(cls.__init__).parameters) - {"self", "config", "key", "options"}
+    known = own | {f.name for f in dataclasses.fields(ExecutionOptions)}
+    unknown = sorted(set(kwargs) - known)
+    if unknown:
+        raise CheckpointError(
+            f"{file}: init_kwargs {unknown} are not options of {cls.__name__} "
+            f"(known: {sorted(known)})"
+        )
 
 
 def load(path: str | os.PathLike, cls: type | None = None, *, dtype="keep"):
@@ -117,7 +149,7 @@ def load(path: str | os.PathLike, cls: type | None = None, *, dtype="keep"):
     saved dtypes (bit-identical leaves); a dtype casts floating leaves to it.
     """
     file = checkpoint_file(path)
-    header = read_header(file)
+    header = read_header(path)
     name = header["model_class"]
     skeleton = model_skeleton(header, file, cls)
     paths = [

@@ -10,7 +10,6 @@ needs the `sentencepiece` package (not transformers); other layouts need a token
 """
 
 import dataclasses
-import json
 import os
 from collections.abc import Sequence
 from typing import Literal
@@ -18,6 +17,8 @@ from typing import Literal
 import numpy as np
 import tokenizers
 from tokenizers import AddedToken, decoders, normalizers, pre_tokenizers, processors
+
+from ._config import read_json_object
 
 TOKENIZER_JSON = "tokenizer.json"
 SENTENCEPIECE_MODELS = ("spiece.model", "sentencepiece.model")
@@ -106,17 +107,14 @@ def _read_configs(folder: str) -> tuple[dict[str, str], int | None]:
         path = os.path.join(folder, filename)
         if not os.path.exists(path):
             continue
-        with open(path, encoding="utf-8") as f:
-            try:
-                config = json.load(f)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path} is not valid JSON: {e}") from None
+        config = read_json_object(path)  # not UTF-8, JSON or an object: ValueError naming it
         for role in _ROLES:
             name = _token_name(config.get(f"{role}_token"))
             if name is not None:
                 names[role] = name
         limit = config.get("model_max_length")
-        if isinstance(limit, (int, float)) and 0 < limit < _NO_LIMIT:
+        number = isinstance(limit, (int, float)) and not isinstance(limit, bool)
+        if number and 0 < limit < _NO_LIMIT:
             model_max_length = int(limit)
     return names, model_max_length
 
@@ -223,11 +221,7 @@ def _pegasus_layout(folder: str) -> _PegasusLayout | None:
     path = os.path.join(folder, "tokenizer_config.json")
     if not os.path.isfile(path):
         return None
-    with open(path, encoding="utf-8") as f:
-        try:
-            config = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path} is not valid JSON: {e}") from None
+    config = read_json_object(path)  # not UTF-8, JSON or an object: ValueError naming it
     if not str(config.get("tokenizer_class", "")).startswith("Pegasus"):
         return None
     default = _PegasusLayout()
@@ -412,7 +406,10 @@ class Tokenizer:
         from_json = os.path.isfile(json_path)
         pegasus = None
         if from_json:
-            backend = tokenizers.Tokenizer.from_file(json_path)
+            try:
+                backend = tokenizers.Tokenizer.from_file(json_path)
+            except Exception as e:  # the Rust side raises a bare Exception for any parse error
+                raise ValueError(f"{json_path} is not a readable tokenizer.json: {e}") from None
         elif spm_path is not None:
             pegasus = _pegasus_layout(folder)
             backend = _load_sentencepiece(spm_path, pegasus)
@@ -478,10 +475,15 @@ class Tokenizer:
 
     # -- encoding --------------------------------------------------------------------------------
 
-    def _set_truncation(self, truncation: Truncation, max_length: int | None):
+    def _set_truncation(self, truncation: Truncation, max_length: int | None, pair: bool):
+        if max_length is not None and (
+            isinstance(max_length, bool) or not isinstance(max_length, (int, np.integer))
+            or max_length < 1
+        ):
+            raise ValueError(f"max_length={max_length!r}: expected a positive integer or None")
         if truncation is True:
             truncation = "longest_first"
-        length = self.model_max_length if max_length is None else max_length
+        length = self.model_max_length if max_length is None else int(max_length)
         if truncation is False or length is None:
             self._backend.no_truncation()
             return
@@ -489,6 +491,13 @@ class Tokenizer:
             raise ValueError(
                 f"truncation={truncation!r}: expected a bool or 'longest_first', 'only_first', "
                 "'only_second'"
+            )
+        specials = self._backend.num_special_tokens_to_add(pair)
+        if length < specials:
+            # tokenizers would silently return the whole text untruncated.
+            raise ValueError(
+                f"max_length={length} is less than the {specials} special tokens this tokenizer "
+                "adds to every encoding"
             )
         self._backend.enable_truncation(length, strategy=truncation, direction="right")
 
@@ -513,7 +522,7 @@ class Tokenizer:
         _check_text(text, "text")
         if pair is not None:
             _check_text(pair, "pair")
-        self._set_truncation(truncation, max_length)
+        self._set_truncation(truncation, max_length, pair is not None)
         return _to_encoding(self._backend.encode(text, pair, add_special_tokens=True))
 
     def encode_batch(
@@ -551,9 +560,16 @@ class Tokenizer:
                 _check_text(t, "pair")
         if padding not in ("longest", "max_length"):
             raise ValueError(f"padding={padding!r}: expected 'longest' or 'max_length'")
+        if pad_to_multiple_of is not None and (
+            isinstance(pad_to_multiple_of, bool) or not isinstance(pad_to_multiple_of, int)
+            or pad_to_multiple_of < 1
+        ):
+            raise ValueError(
+                f"pad_to_multiple_of={pad_to_multiple_of!r}: expected a positive integer or None"
+            )
         if self.pad_token_id is None:
             raise ValueError("this tokenizer has no pad token; encode_batch cannot pad")
-        self._set_truncation(truncation, max_length)
+        self._set_truncation(truncation, max_length, pairs is not None)
         inputs = list(texts) if pairs is None else list(zip(texts, pairs))
         rows = [_to_encoding(e) for e in self._backend.encode_batch(inputs)]
         longest = max((len(r) for r in rows), default=0)
@@ -576,6 +592,14 @@ class Tokenizer:
         ids = np.asarray(ids)
         if ids.ndim != 1:
             raise ValueError(f"decode takes a 1-D sequence of ids, got shape {ids.shape}")
+        if ids.size and not np.issubdtype(ids.dtype, np.integer):
+            raise ValueError(f"decode takes integer ids, got dtype {ids.dtype}")
+        unknown = ids[(ids < 0) | (ids >= self.vocab_size)]
+        if unknown.size:
+            # tokenizers drops them without a word.
+            raise ValueError(
+                f"ids {unknown[:8].tolist()} are not in the vocabulary [0, {self.vocab_size})"
+            )
         return self._backend.decode(ids.tolist(), skip_special_tokens=skip_special_tokens)
 
     def __repr__(self) -> str:
@@ -608,6 +632,13 @@ def _finish_sentencepiece(backend: tokenizers.Tokenizer, names: dict[str, str]):
 def _check_text(text, what: str):
     if not isinstance(text, str):
         raise TypeError(f"{what} must be a str, got {type(text).__name__}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(
+            f"{what} holds a lone surrogate {text[e.start]!r} at character {e.start}: not valid "
+            "Unicode text (decode bytes with errors='replace' first)"
+        ) from None
 
 
 def _to_encoding(e: tokenizers.Encoding) -> Encoding:

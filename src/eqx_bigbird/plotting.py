@@ -44,7 +44,9 @@ def _pyplot():
 
 def _finish(fig, path):
     if path is not None:
-        fig.savefig(path, dpi=110, bbox_inches="tight")
+        from ._io import atomic_savefig
+
+        atomic_savefig(fig, path, dpi=110, bbox_inches="tight")
     return fig
 
 

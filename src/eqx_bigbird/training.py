@@ -55,7 +55,10 @@ def make_train_step(
       gradients are averaged (a `lax.scan`, so memory is one micro-batch's); the batch size must
       divide evenly.
     - `donate`: donate the old state's buffers to the new one (halves the state's peak memory;
-      the `state` passed in must not be used afterwards).
+      the `state` passed in must not be used after a step that returned). The step is then two
+      compiled calls: gradients (which sees the batch and donates nothing), then the update
+      (which donates the state and the gradients). So a step that raises on a bad batch (an id
+      out of range, a label outside the classes) leaves the `state` passed in intact and usable.
     - `state_shardings`, `batch_sharding`: for a device mesh (see `eqx_bigbird.sharding`). The
       new state is constrained to `state_shardings` (a `jax.sharding.Sharding` per array leaf
       of the state, `None` elsewhere) and gradients to its model part; the batch, and each
@@ -68,24 +71,40 @@ def make_train_step(
     if accumulation_steps < 1:
         raise ValueError(f"accumulation_steps must be >= 1, got {accumulation_steps}")
 
-    def step(batch, state, key):
+    def gradients(batch, model, key):
         batch = _constrain(batch, batch_sharding)
         if accumulation_steps == 1:
-            loss, grads = _value_and_grad(loss_fn, state.model, batch, key)
+            loss, grads = _value_and_grad(loss_fn, model, batch, key)
         else:
             loss, grads = _accumulated(
-                loss_fn, state.model, batch, key, accumulation_steps, batch_sharding
+                loss_fn, model, batch, key, accumulation_steps, batch_sharding
             )
         if state_shardings is not None:
             grads = _constrain(grads, state_shardings.model)  # FSDP: reduce-scatter, not all-reduce
+        return loss, grads
+
+    def update(state, grads, loss):
         new, metrics = _update(optimizer, state, grads, loss)
         return _constrain(new, state_shardings), metrics
 
-    # equinox donates every argument but the first: the batch stays the caller's.
-    jitted = eqx.filter_jit(step, donate="all-except-first" if donate else "none")
+    if not donate:
+
+        @eqx.filter_jit
+        def step(state, batch, key):
+            loss, grads = gradients(batch, state.model, key)
+            return update(state, grads, loss)
+
+        return step
+
+    # Two compiled calls, so that a bad batch cannot cost the caller its state: the batch is only
+    # seen (and checked, by the model's input checks) by the first, which donates nothing; the
+    # state's buffers are donated to the second, which cannot fail on the batch.
+    jitted_gradients = eqx.filter_jit(gradients)
+    jitted_update = eqx.filter_jit(update, donate="all")
 
     def train_step(state: TrainState, batch: PyTree, key: PRNGKeyArray):
-        return jitted(batch, state, key)
+        loss, grads = jitted_gradients(batch, state.model, key)
+        return jitted_update(state, grads, loss)
 
     return train_step
 

@@ -4,9 +4,15 @@ and back with --to-hf."""
 import json
 import os
 
-from .. import from_bert, load, save, save_pretrained
-from .._hf_read import find_weights_file
-from .._serialization import model_classes
+from .. import CheckpointError, from_bert, load, save, save_pretrained
+from .._hf_read import (
+    FLAX_MSGPACK,
+    SAFETENSORS,
+    find_weights_file,
+    safetensors_metadata,
+    safetensors_shards,
+)
+from .._serialization import FORMAT, checkpoint_file, model_classes
 from .args import add_command, add_hub_flags, hub_ids_to_paths
 
 PROGRESS_BYTES = 64 * 2**20  # show a progress bar for checkpoints larger than this
@@ -110,14 +116,52 @@ def _weights_bytes(src: str) -> int:
     )
 
 
+def _hf_sources(src: str) -> list[str]:
+    """Every file converting the HF checkpoint SRC reads: weights (all shards), config.json."""
+    weights = find_weights_file(src)
+    files = [weights, os.path.join(os.path.dirname(weights), "config.json")]
+    if weights.endswith(".json"):
+        files += safetensors_shards(weights)
+    return files
+
+
+def _refuse_overwrite(sources: list[str], targets: list[str]) -> None:
+    """No output may replace a file the conversion reads, nor a file that is not ours."""
+    read = {os.path.realpath(f) for f in sources}
+    for target in targets:
+        if os.path.realpath(target) in read:
+            raise ValueError(
+                f"refusing to write {target}: the conversion reads that file (choose another DST)"
+            )
+
+
+def _refuse_foreign(file: str) -> None:
+    """Our file may replace an older one of ours, never another file (an HF model.safetensors)."""
+    if not os.path.exists(file):
+        return
+    try:
+        ours = safetensors_metadata(file).get("format") == FORMAT
+    except CheckpointError:
+        ours = False
+    if not ours:
+        raise ValueError(
+            f"refusing to replace {file}: it exists and is not an eqx-bigbird checkpoint"
+        )
+
+
 def convert(args) -> int:
     log = (lambda *a: None) if args.quiet else print  # noqa: E731
     if args.to_hf:
+        targets = [os.path.join(args.dst, f) for f in (SAFETENSORS, "config.json", FLAX_MSGPACK)]
+        _refuse_overwrite([checkpoint_file(args.src)], targets)
         model = load(args.src)
         save_pretrained(model, args.dst, flax=args.flax)
         log(f"wrote {type(model).__name__} as an HF checkpoint to {args.dst}")
         return 0
     hub_ids_to_paths(args, "src", with_tokenizer=False)
+    dst = checkpoint_file(args.dst)
+    _refuse_overwrite(_hf_sources(args.src), [dst])
+    _refuse_foreign(dst)
     progress = not args.quiet and _weights_bytes(args.src) > PROGRESS_BYTES
     cls = _model_class(args.src, args.model_class)
     if args.from_bert:

@@ -2,7 +2,11 @@
 readable line, no traceback."""
 
 import argparse
+import re
 import sys
+
+import equinox as eqx
+import jax
 
 from .. import CheckpointError
 from . import convert, tools, train
@@ -39,6 +43,16 @@ def main(argv: list[str] | None = None) -> int:
     except (CheckpointError, ValueError, TypeError, OSError, Diverged) as e:
         print(f"eqx-bigbird {args.command}: error: {e}", file=sys.stderr)
         return 1
+    except (eqx.EquinoxRuntimeError, jax.errors.JaxRuntimeError) as e:
+        print(f"eqx-bigbird {args.command}: error: {runtime_message(e)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"eqx-bigbird {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def runtime_message(error: Exception) -> str:
+    """The one line that a check failing inside compiled code (`eqx.error_if`) reported, out of
+    the pages of text JAX and Equinox wrap it in; other runtime errors: their first line."""
+    found = re.findall(r"EquinoxRuntimeError: (.+)", str(error))
+    return found[-1].strip() if found else str(error).strip().splitlines()[0]

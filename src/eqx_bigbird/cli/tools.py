@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import BigBirdForMaskedLM, BigBirdForPreTraining, BigBirdModel, Tokenizer, load
-from .._io import atomic_writer
+from .._io import atomic_writer, read_text
 from .._serialization import checkpoint_file
 from .args import (
     add_checkpoint,
@@ -119,10 +119,18 @@ def fill_mask(args) -> int:
     mask_id = tokenizer.mask_token_id
     if mask_id is None:
         raise ValueError("the tokenizer has no mask token")
-    enc = tokenizer.encode(args.text, max_length=model.config.max_position_embeddings)
+    limit = model.config.max_position_embeddings
+    enc = tokenizer.encode(args.text, max_length=limit)
     positions = np.flatnonzero(enc.input_ids == mask_id)
+    mask = tokenizer.id_to_token(mask_id)
     if len(positions) == 0:
-        raise ValueError(f"no {tokenizer.id_to_token(mask_id)} token in the text")
+        whole = tokenizer.encode(args.text, truncation=False)
+        if enc.truncated and (whole.input_ids == mask_id).any():
+            raise ValueError(
+                f"every {mask} token lies beyond the model's {limit}-token limit and was "
+                "truncated away"
+            )
+        raise ValueError(f"no {mask} token in the text")
     if enc.truncated:
         print(f"note: the text was truncated to {len(enc.input_ids)} tokens")
 
@@ -163,6 +171,8 @@ def _embed_texts(encoder, tokenizer, texts, max_length) -> tuple[np.ndarray, int
         truncated += enc.truncated
         n = len(enc.input_ids)
         length = -(-n // bucket) * bucket
+        if length > encoder.config.max_position_embeddings:  # no room: the model pads itself
+            length = n
         ids = np.full(length, tokenizer.pad_token_id or 0, np.int32)
         mask = np.zeros(length, np.int32)
         ids[:n], mask[:n] = enc.input_ids, 1
@@ -172,19 +182,21 @@ def _embed_texts(encoder, tokenizer, texts, max_length) -> tuple[np.ndarray, int
 
 def embed(args) -> int:
     hub_ids_to_paths(args, "checkpoint")
+    inputs = {os.path.realpath(f) for f in args.files}
+    if os.path.realpath(args.out) in inputs:
+        raise ValueError(f"refusing to write --out {args.out}: it is one of the input FILEs")
+    if args.max_length is not None and args.max_length < 1:
+        raise ValueError(f"--max-length must be at least 1, got {args.max_length}")
     tokenizer = _tokenizer(args)
     encoder = _load_encoder(args.checkpoint)
     most = encoder.config.max_position_embeddings
-    max_length = args.max_length or most
-    if not 1 <= max_length <= most:
+    max_length = most if args.max_length is None else args.max_length
+    if max_length > most:
         raise ValueError(
             f"--max-length {max_length} must lie in [1, {most}] (the model's "
             "max_position_embeddings)"
         )
-    texts = []
-    for file in args.files:
-        with open(file, encoding="utf-8") as f:
-            texts.append(f.read())
+    texts = [read_text(file) for file in args.files]
     out, truncated = _embed_texts(encoder, tokenizer, texts, max_length)
     if args.normalize:
         out = out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)

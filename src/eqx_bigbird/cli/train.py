@@ -40,7 +40,7 @@ from .. import (
     sequence_classification_loss,
     sharding,
 )
-from .._io import atomic_write_text
+from .._io import atomic_savefig, atomic_write_text
 from .._serialization import checkpoint_file
 from .._tree import array_leaves, path_str
 from ..checkpointing import Checkpointer
@@ -324,20 +324,10 @@ def _listops(run, tokenizer) -> _Data:
 
 
 def _read_jsonl(path) -> tuple[list[str], list]:
-    texts, labels = [], []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                texts.append(str(row["text"]))
-                labels.append(row["label"])
-            except (ValueError, KeyError, TypeError) as e:
-                raise ValueError(f"{path}:{number}: expected {{\"text\", \"label\"}} ({e})")
-    if len(texts) < 3:
-        raise ValueError(f"{path}: needs at least 3 examples, has {len(texts)}")
-    return texts, labels
+    rows = listops.read_jsonl(path)
+    if len(rows) < 3:
+        raise ValueError(f"{path}: needs at least 3 examples, has {len(rows)}")
+    return [text for text, _ in rows], [label for _, label in rows]
 
 
 def _user_data(run, tokenizer) -> _Data:
@@ -588,7 +578,7 @@ def _plot(path, history, evals, test_acc, baseline):
     ax2.set(xlabel="step", ylabel="accuracy", title="accuracy", ylim=(0, 1))
     ax2.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    atomic_savefig(fig, path, dpi=110)
     plt.close(fig)
     return path
 

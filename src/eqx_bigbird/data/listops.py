@@ -20,7 +20,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from .._io import atomic_write_text
+from .._io import atomic_write_text, read_lines
 
 __all__ = [
     "OPERATORS",
@@ -427,18 +427,42 @@ def save_jsonl(path: str | os.PathLike, examples: Iterable[Example]) -> None:
     atomic_write_text(path, "".join(lines))
 
 
+def read_jsonl(path: str | os.PathLike) -> list[tuple[str, int | str]]:
+    """`(text, label)` of every `{"text": ..., "label": ...}` line of a UTF-8 JSONL file (blank
+    lines skipped): the text a string, the label an integer or a string. Anything else (a null
+    text, a float label, bytes that are not UTF-8) raises `ValueError` naming the file and line."""
+    rows = []
+    for number, line in read_lines(path):
+        if not line.strip():
+            continue
+        where = f"{os.fspath(path)}:{number}"
+        try:
+            row = json.loads(line)
+        except ValueError as e:
+            raise ValueError(f"{where}: not JSON ({e})") from None
+        if not isinstance(row, dict) or "text" not in row or "label" not in row:
+            raise ValueError(f'{where}: expected an object {{"text": ..., "label": ...}}')
+        text, label = row["text"], row["label"]
+        if not isinstance(text, str):
+            raise ValueError(f'{where}: "text" must be a string, got {json.dumps(text)}')
+        if isinstance(label, bool) or not isinstance(label, (int, str)):
+            raise ValueError(
+                f'{where}: "label" must be an integer or a string, got {json.dumps(label)}'
+            )
+        rows.append((text, label))
+    return rows
+
+
 def load_jsonl(path: str | os.PathLike) -> list[Example]:
-    """Reads what `save_jsonl` wrote (blank lines are skipped)."""
+    """Reads what `save_jsonl` wrote (blank lines are skipped; read as `read_jsonl` reads)."""
     out = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                out.append(Example(str(row["text"]), int(row["label"])))
-            except (ValueError, KeyError, TypeError) as e:
-                raise ValueError(f"{path}:{number}: not a ListOps JSONL row ({e})") from None
+    for text, label in read_jsonl(path):
+        if not isinstance(label, int) or not 0 <= label < NUM_CLASSES:
+            raise ValueError(
+                f"{os.fspath(path)}: ListOps label {label!r} is not an integer in "
+                f"[0, {NUM_CLASSES})"
+            )
+        out.append(Example(text, label))
     return out
 
 
