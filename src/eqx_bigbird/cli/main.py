@@ -5,7 +5,7 @@ import argparse
 import sys
 
 from .. import CheckpointError
-from . import convert, tools, train
+from . import convert, summarize, tools, train
 from .health import Diverged
 
 # name -> function adding its sub-parser, in the order `--help` lists them.
@@ -14,6 +14,7 @@ SUBCOMMANDS = {
     "train": train.add_parser,
     "fill-mask": tools.add_fill_mask,
     "embed": tools.add_embed,
+    "summarize": summarize.add_parser,
 }
 
 
