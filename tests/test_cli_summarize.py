@@ -98,10 +98,16 @@ def test_summaries_are_generates_at_any_batch_size(checkpoint, tmp_path, capsys)
     files = _files(tmp_path, texts)
     expected = _expected(checkpoint, texts)
     assert len({tuple(ids) for ids, _ in expected}) > 1  # the summaries depend on the document
+    # Batch size 1 from our format (which needs --tokenizer), 2 from the HF directory.
+    ours = tmp_path / "model.safetensors"
+    eb.save(ours, eb.BigBirdPegasusForConditionalGeneration.from_pretrained(checkpoint))
+    assert main(["summarize", str(ours), *files, "--out", str(tmp_path / "x.jsonl")]) == 1
+    assert "pass --tokenizer" in capsys.readouterr().err
     results = []
-    for batch in ("1", "2"):
+    for batch, source in (("1", [str(ours), "--tokenizer", str(checkpoint)]),
+                          ("2", [str(checkpoint)])):
         out = tmp_path / f"b{batch}" / "summaries.jsonl"
-        assert main(["summarize", str(checkpoint), *files, *FLAGS, "--batch-size", batch,
+        assert main(["summarize", *source, *files, *FLAGS, "--batch-size", batch,
                      "--out", str(out)]) == 0
         assert f"wrote {out}: 3 summaries" in capsys.readouterr().out
         rows = _read(out)
