@@ -9,7 +9,7 @@ import equinox as eqx
 import jax
 
 from .. import CheckpointError
-from . import convert, tools, train
+from . import convert, summarize, tools, train
 from .health import Diverged
 
 # name -> function adding its sub-parser, in the order `--help` lists them.
@@ -18,6 +18,7 @@ SUBCOMMANDS = {
     "train": train.add_parser,
     "fill-mask": tools.add_fill_mask,
     "embed": tools.add_embed,
+    "summarize": summarize.add_parser,
 }
 
 
