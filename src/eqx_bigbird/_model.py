@@ -77,7 +77,9 @@ class _Inputs(typing.NamedTuple):
     positions: Int[Array, " seq"]
 
 
-def _ids(x, name: str, seq: int, upper: int, limit: str) -> Int[Array, " seq"]:
+def checked_ids(
+    x, name: str, seq: int, upper: int, limit: str = "vocab_size"
+) -> Int[Array, " seq"]:
     """`x` as int32 ids of shape `(seq,)`. Ids outside `[0, upper)` raise, also under jit; on the
     host they are checked before the cast, so an int64 id of 2**32 + 7 is not read as 7 (traced
     ids are int32 already: JAX without x64 casts when the array is made)."""
@@ -96,7 +98,7 @@ def _ids(x, name: str, seq: int, upper: int, limit: str) -> Int[Array, " seq"]:
     return jnp.asarray(x).astype(jnp.int32)
 
 
-def _mask(mask, name: str, seq: int) -> Float[Array, " seq"]:
+def checked_mask(mask, name: str, seq: int) -> Float[Array, " seq"]:
     """A 0/1 (int or bool) mask of shape `(seq,)` as float32; all ones when `None`. Other values
     (2, -1) raise, also under jit: they would scale the attention scores."""
     if mask is None:
@@ -324,10 +326,12 @@ class BigBirdModel(eqx.Module):
         if position_ids is None:
             position_ids = start + jnp.arange(seq, dtype=jnp.int32)
         return _Inputs(
-            ids=_ids(input_ids, "input_ids", seq, c.vocab_size, "vocab_size"),
-            mask=_mask(attention_mask, "attention_mask", seq),
-            types=_ids(token_type_ids, "token_type_ids", seq, c.type_vocab_size, "type_vocab_size"),
-            positions=_ids(
+            ids=checked_ids(input_ids, "input_ids", seq, c.vocab_size, "vocab_size"),
+            mask=checked_mask(attention_mask, "attention_mask", seq),
+            types=checked_ids(
+                token_type_ids, "token_type_ids", seq, c.type_vocab_size, "type_vocab_size"
+            ),
+            positions=checked_ids(
                 position_ids, "position_ids", seq, c.max_position_embeddings,
                 "max_position_embeddings",
             ),
@@ -351,7 +355,7 @@ class BigBirdModel(eqx.Module):
                 f"encoder_hidden_states has shape {states.shape}, expected "
                 f"(enc_seq, {self.config.hidden_size})"
             )
-        return states, _mask(mask, "encoder_attention_mask", states.shape[0])
+        return states, checked_mask(mask, "encoder_attention_mask", states.shape[0])
 
     def _head_mask(self, head_mask) -> Float[Array, "layers heads"] | None:
         if head_mask is None:

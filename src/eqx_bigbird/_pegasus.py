@@ -22,7 +22,7 @@ from ._activations import ACTIVATIONS
 from ._attention import ATTENTION_CLASSES, AbstractAttention, FullAttention, OutputAttentions
 from ._heads import CausalLMOutputWithCrossAttentions
 from ._layers import ExecutionOptions, LayerOutput, run_layers
-from ._model import KVCache, _ids, _mask, layer_plans
+from ._model import KVCache, checked_ids, checked_mask, layer_plans
 from ._nn import (
     normal_embedding,
     normal_linear,
@@ -541,8 +541,8 @@ class BigBirdPegasusModel(_Loadable):
             raise ValueError(
                 f"sequence length {seq} exceeds max_position_embeddings={c.max_position_embeddings}"
             )
-        ids = _ids(input_ids, "input_ids", seq, c.vocab_size)
-        mask = _mask(attention_mask, "attention_mask", seq)
+        ids = checked_ids(input_ids, "input_ids", seq, c.vocab_size)
+        mask = checked_mask(attention_mask, "attention_mask", seq)
         h, hidden, attentions = self.encoder(
             self.shared.weight, ids, mask, config=c, options=self.options,
             random_plan=random_plan, key=key, inference=inference,
@@ -573,8 +573,8 @@ class BigBirdPegasusModel(_Loadable):
             raise ValueError(
                 f"decoder length {seq} exceeds max_position_embeddings={c.max_position_embeddings}"
             )
-        ids = _ids(decoder_input_ids, "decoder_input_ids", seq, c.vocab_size)
-        mask = _mask(decoder_attention_mask, "decoder_attention_mask", seq)
+        ids = checked_ids(decoder_input_ids, "decoder_input_ids", seq, c.vocab_size)
+        mask = checked_mask(decoder_attention_mask, "decoder_attention_mask", seq)
         positions = jnp.arange(seq, dtype=jnp.int32)
         return self.decoder(
             self.shared.weight, ids, _causal_mask(mask, positions), positions,
@@ -984,8 +984,8 @@ class BigBirdPegasusForCausalLM(_Loadable):
         if seq == 0:
             raise ValueError("input_ids is empty")
         _check_room(c, seq, "the sequence length")
-        ids = _ids(input_ids, "input_ids", seq, c.vocab_size)
-        mask = _mask(attention_mask, "attention_mask", seq)
+        ids = checked_ids(input_ids, "input_ids", seq, c.vocab_size)
+        mask = checked_mask(attention_mask, "attention_mask", seq)
         states, enc_mask = None, None
         if encoder_hidden_states is not None:
             states = jnp.asarray(encoder_hidden_states)
@@ -995,7 +995,7 @@ class BigBirdPegasusForCausalLM(_Loadable):
                     f"{c.d_model})"
                 )
             if encoder_attention_mask is not None:
-                enc_mask = _mask(encoder_attention_mask, "encoder_attention_mask", states.shape[0])
+                enc_mask = checked_mask(encoder_attention_mask, "encoder_attention_mask", states.shape[0])
         elif encoder_attention_mask is not None:
             raise ValueError("encoder_attention_mask given without encoder_hidden_states")
         positions = jnp.arange(seq, dtype=jnp.int32)
@@ -1023,11 +1023,11 @@ class BigBirdPegasusForCausalLM(_Loadable):
         c = self.config
         seq = jnp.shape(input_ids)[0]
         _check_room(c, seq + max_new_tokens, "len(prompt) + max_new_tokens")
-        ids = _ids(input_ids, "input_ids", seq, c.vocab_size)
+        ids = checked_ids(input_ids, "input_ids", seq, c.vocab_size)
         state = _empty_cache(c, seq + max_new_tokens, self.embed_tokens.weight.dtype)
         state, h = _cached_step(
             self.decoder, self.embed_tokens.weight, c, self.options, None,
-            state, ids, _mask(attention_mask, "attention_mask", seq),
+            state, ids, checked_mask(attention_mask, "attention_mask", seq),
         )
         return None, state, self.logits(h[-1:])[0].astype(jnp.float32)
 
