@@ -995,7 +995,9 @@ class BigBirdPegasusForCausalLM(_Loadable):
                     f"{c.d_model})"
                 )
             if encoder_attention_mask is not None:
-                enc_mask = checked_mask(encoder_attention_mask, "encoder_attention_mask", states.shape[0])
+                enc_mask = checked_mask(
+                    encoder_attention_mask, "encoder_attention_mask", states.shape[0]
+                )
         elif encoder_attention_mask is not None:
             raise ValueError("encoder_attention_mask given without encoder_hidden_states")
         positions = jnp.arange(seq, dtype=jnp.int32)
