@@ -249,7 +249,7 @@ def test_defaults_come_from_the_checkpoint_as_in_hf(tmp_path):
     model = eb.BigBirdForCausalLM.from_pretrained(legacy)
     assert model.generation_config is None
     theirs = transformers.BigBirdForCausalLM.from_pretrained(legacy).generation_config
-    ours = eb._generate._model_generation_config(model)
+    ours = eb._generate.model_generation_config(model)
     for name in (*settings, "eos_token_id", "pad_token_id", "bos_token_id", "early_stopping"):
         assert getattr(ours, name) == getattr(theirs, name), name
     # Arguments win over the checkpoint; HF's global max_length 20 means 20 new tokens.

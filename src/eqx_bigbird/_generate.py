@@ -183,7 +183,7 @@ def _run(plan: _Plan, knobs: _Knobs, model, input_ids, attention_mask, key, mode
     return _beam_search(plan, knobs, model, shared, state, logits, ids)
 
 
-def _model_generation_config(model) -> GenerationConfig:
+def model_generation_config(model) -> GenerationConfig:
     own = getattr(model, "generation_config", None)
     return own if own is not None else GenerationConfig.from_model_config(model.config)
 
@@ -263,7 +263,7 @@ def generate(
         "forced_eos_token_id": forced_eos_token_id,
     }
     given.update({k: v for k, v in tokens.items() if v is not ...})
-    gc = resolve(_model_generation_config(model), generation_config, given)
+    gc = resolve(model_generation_config(model), generation_config, given)
     plan = _plan(model, gc, jnp.shape(input_ids), "max_length" in given)
     if gc.do_sample and key is None:
         raise ValueError("sampling (do_sample=True) needs `key=`")

@@ -10,7 +10,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .. import BigBirdPegasusForConditionalGeneration, generate, load
-from .._generate import _model_generation_config
+from .._generate import model_generation_config
 from .._io import atomic_write_text
 from .args import (
     add_checkpoint,
@@ -149,7 +149,7 @@ def summarize(args) -> int:
                 for b, n in enumerate(batch):
                     rows[n] = out[b]
                 bar.update(len(batch))
-    eos = _model_generation_config(model).eos_token_id
+    eos = model_generation_config(model).eos_token_id
     lines = []
     for path, enc, row in zip(args.files, encodings, rows):
         ids = _summary_ids(row, eos)
