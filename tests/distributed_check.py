@@ -16,25 +16,15 @@ starts). Modes:
 import os
 import sys
 
-DEVICES = {"train": 2, "reference": 4, "cli-kill": 2}[sys.argv[1]]
-os.environ["XLA_FLAGS"] = (
-    os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={DEVICES}"
-    " --xla_cpu_multi_thread_eigen=false"
-)
+from jax_child import MIN_SIZE, TINY, masked_lm_loss, start
+
+eb = start({"train": 2, "reference": 4, "cli-kill": 2}[sys.argv[1]])
 
 import json  # noqa: E402
 import signal  # noqa: E402
 
-import jax  # noqa: E402
-from jaxtyping import install_import_hook  # noqa: E402
-
-# As tests/conftest.py and the pytest jaxtyping hook do for the parent process.
-jax.config.update("jax_numpy_dtype_promotion", "strict")
-jax.config.update("jax_numpy_rank_promotion", "raise")
-with install_import_hook("eqx_bigbird", "beartype.beartype"):
-    import eqx_bigbird as eb
-
 import equinox as eqx  # noqa: E402
+import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import jax.random as jr  # noqa: E402
 import numpy as np  # noqa: E402
@@ -43,23 +33,12 @@ import optax  # noqa: E402
 from eqx_bigbird import sharding  # noqa: E402
 from eqx_bigbird.training import TrainState  # noqa: E402
 
-CONFIG = eb.BigBirdConfig(
-    vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-    intermediate_size=64, max_position_embeddings=128, block_size=8, num_random_blocks=1,
-    hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.0, attention_type="original_full",
-)
-MIN_SIZE = 256  # the tiny model's matrices are sharded
+CONFIG = eb.BigBirdConfig(**TINY, hidden_dropout_prob=0.1)
 STEPS, SAVE_AT, GLOBAL_BATCH = 5, (3, 5), 8
 # Adam divides by sqrt(v) + eps, amplifying rounding in near-zero gradients by up to lr / eps;
 # a small lr keeps that far below the 1e-5 asked for (as in tests/sharding_check.py).
 OPTIMIZER = optax.adamw(1e-3)
 CASES = {"dp": False, "fsdp": True}
-
-
-def loss_fn(model, batch, *, key):
-    keys = jr.split(key, batch["ids"].shape[0])
-    logits = jax.vmap(lambda ids, k: model(ids, key=k).logits)(batch["ids"], keys)
-    return eb.masked_lm_loss(logits, batch["labels"])
 
 
 def global_batch(step):
@@ -72,7 +51,7 @@ def global_batch(step):
 def train(state, mesh, fsdp, checkpoints=None, snapshots=None):
     """Steps 1 .. STEPS on `mesh`; at SAVE_AT, a checkpoint (given a Checkpointer) or a host
     copy of the state into `snapshots`."""
-    step = eb.make_sharded_train_step(loss_fn, OPTIMIZER, state, mesh, fsdp=fsdp,
+    step = eb.make_sharded_train_step(masked_lm_loss, OPTIMIZER, state, mesh, fsdp=fsdp,
                                       min_size=MIN_SIZE)
     rows = sharding.process_rows(mesh, GLOBAL_BATCH)
     for s in range(STEPS):

@@ -7,23 +7,14 @@ set before JAX starts, and must not leak into the other tests). Prints one JSON 
 import os
 import sys
 
-os.environ["XLA_FLAGS"] = (
-    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
-    " --xla_cpu_multi_thread_eigen=false"
-)
+from jax_child import MIN_SIZE, TINY, masked_lm_loss, start
+
+eb = start(8)
 
 import json  # noqa: E402
 
-import jax  # noqa: E402
-from jaxtyping import install_import_hook  # noqa: E402
-
-# As tests/conftest.py and the pytest jaxtyping hook do for the parent process.
-jax.config.update("jax_numpy_dtype_promotion", "strict")
-jax.config.update("jax_numpy_rank_promotion", "raise")
-with install_import_hook("eqx_bigbird", "beartype.beartype"):
-    import eqx_bigbird as eb
-
 import equinox as eqx  # noqa: E402
+import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import jax.random as jr  # noqa: E402
 import numpy as np  # noqa: E402
@@ -31,18 +22,7 @@ import optax  # noqa: E402
 
 from eqx_bigbird.training import TrainState, make_train_step  # noqa: E402
 
-CONFIG = eb.BigBirdConfig(
-    vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-    intermediate_size=64, max_position_embeddings=128, block_size=8, num_random_blocks=1,
-    hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, attention_type="original_full",
-)
-MIN_SIZE = 256  # small enough that the tiny model's matrices are sharded
-
-
-def loss_fn(model, batch, *, key):
-    keys = jr.split(key, batch["ids"].shape[0])
-    logits = jax.vmap(lambda ids, k: model(ids, key=k).logits)(batch["ids"], keys)
-    return eb.masked_lm_loss(logits, batch["labels"])
+CONFIG = eb.BigBirdConfig(**TINY, hidden_dropout_prob=0.0)
 
 
 def leaves(tree):
@@ -71,7 +51,7 @@ def main(out_dir):
     for accumulation in (1, 2):
         ref = TrainState.create(model, optimizer)
         step = make_train_step(
-            loss_fn, optimizer, accumulation_steps=accumulation, donate=False
+            masked_lm_loss, optimizer, accumulation_steps=accumulation, donate=False
         )
         losses = []
         for _ in range(2):
@@ -88,7 +68,7 @@ def main(out_dir):
         accumulation = 2 if fsdp == "fsdp" else 1
         ref = refs[accumulation][0]
         step = eb.make_sharded_train_step(
-            loss_fn, optimizer, state, mesh, fsdp=fsdp, min_size=MIN_SIZE,
+            masked_lm_loss, optimizer, state, mesh, fsdp=fsdp, min_size=MIN_SIZE,
             accumulation_steps=accumulation,
         )
         losses = []
