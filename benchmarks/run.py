@@ -290,6 +290,12 @@ def _run_child(job, cfg, checkpoint, reps, timeout, baseline_src=None):
     if job.impl == "baseline":
         # Imported ahead of the installed package: the same harness times another version.
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [baseline_src, env.get("PYTHONPATH")]))
+    return run_json(cmd, timeout, env)
+
+
+def run_json(cmd: list[str], timeout: float, env: dict | None = None) -> dict:
+    """The JSON object a measuring subprocess prints last, or `{"error": why}` when it timed
+    out, was killed or failed."""
     try:
         out = subprocess.run(
             cmd, capture_output=True, text=True, timeout=timeout, check=False, env=env

@@ -1,9 +1,11 @@
-"""The benchmark's quick mode runs end to end (a smoke test: no timing assertions)."""
+"""The benchmarks' quick modes run end to end (smoke tests: no timing assertions)."""
 
 import json
 import os
 import subprocess
 import sys
+
+import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -25,4 +27,28 @@ def test_quick_benchmark_writes_its_reports(tmp_path):
     report = (tmp_path / "results.md").read_text()
     assert [line.split(" | ")[1] for line in report.splitlines() if line.startswith("| ours |")] \
         == ["forward", "train"]
+    assert (tmp_path / "results.png").stat().st_size > 1000
+
+
+def test_quick_pegasus_benchmark_writes_its_reports_and_agrees_with_hf(tmp_path):
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    # One torch thread: on a busy two-core machine torch's spinning threads make HF's small
+    # ops a hundred times slower, and this test only checks that everything runs and agrees.
+    cmd = [sys.executable, "-m", "benchmarks.pegasus", "--quick", "--out", str(tmp_path),
+           "--torch-threads", "1"]
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.loads((tmp_path / "results.json").read_text())
+    rows = summary["rows"]
+    assert set(rows) == {"ours", "hf"} and not [r for r in rows.values() if "error" in r], rows
+    ours, hf = rows["ours"]["tokens"], rows["hf"]["tokens"]
+    assert len(ours) == 1 + summary["new_tokens"] and len(set(ours)) > 2  # not one token repeated
+    assert ours == hf and summary["same_tokens"] is True
+    for row in rows.values():
+        assert row["encoder"]["median_s"] > 0 and row["per_token_s"] > 0
+        assert row["peak_rss_gb"] > 0 and row["encoder_share"] > 0
+    assert rows["ours"]["summary"]["compile_s"] > 0
+    assert set(summary["ratios"]) == {"encoder", "per_token", "summary"}
+    assert "Same token ids from both: yes." in (tmp_path / "results.md").read_text()
     assert (tmp_path / "results.png").stat().st_size > 1000

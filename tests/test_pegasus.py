@@ -2,6 +2,7 @@
 attention kinds, lengths on both sides of the fallback and padding edges, padded masks, training
 mode with HF's fixed plans, and gradients of the seq2seq loss. Agreement: 1e-5 max abs."""
 
+import dataclasses
 import json
 
 import equinox as eqx
@@ -27,6 +28,7 @@ from .pegasus_reference import (
     torch,
     transformers,
 )
+from .test_errors_config import _wrong_value
 
 ATOL = 1e-5
 SPARSE = dict(attention_type="block_sparse")
@@ -84,12 +86,34 @@ def test_config_defaults_are_hf_defaults():
 @pytest.mark.parametrize(
     "field,value",
     [("d_model", 30), ("encoder_layers", 0), ("dropout", 1.5), ("activation_function", "nope"),
-     ("attention_type", "sparse"), ("pad_token_id", 99), ("use_bias", 1),
-     ("decoder_layerdrop", -0.1), ("num_random_blocks", -1)],
+     ("activation_function", "prelu"), ("attention_type", "sparse"), ("attention_type", 1),
+     ("pad_token_id", 99), ("bos_token_id", -1), ("use_bias", 1), ("decoder_layerdrop", -0.1),
+     ("encoder_layerdrop", 1.5), ("num_random_blocks", -1), ("problem_type", "ranking"),
+     # the wrong type: a bool is not an int, a string never a number or a bool, floats finite
+     ("d_model", True), ("vocab_size", 99.0), ("encoder_layers", "2"), ("eos_token_id", "1"),
+     ("decoder_start_token_id", None), ("init_std", True), ("init_std", float("nan")),
+     ("dropout", float("inf")), ("classifier_dropout", None), ("scale_embedding", 1),
+     ("is_decoder", "false"), ("tie_word_embeddings", None), ("use_cache", 0),
+     ("architectures", "BigBirdPegasusForConditionalGeneration")],
 )
-def test_config_invalid_values_name_the_field(field, value):
-    with pytest.raises(ValueError, match=field):
+def test_config_invalid_values_name_the_field(tmp_path, field, value):
+    with pytest.raises(ValueError, match=rf"^BigBirdPegasusConfig\.{field}="):
         eb.BigBirdPegasusConfig(**{**TINY, field: value})
+    # Read from config.json, the error names the file as well.
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({**eb.BigBirdPegasusConfig(**TINY).to_hf(), field: value}))
+    with pytest.raises(ValueError, match=rf"config\.json: BigBirdPegasusConfig\.{field}="):
+        eb.BigBirdPegasusConfig.from_hf(path)
+
+
+@pytest.mark.parametrize(
+    "field", dataclasses.fields(eb.BigBirdPegasusConfig),
+    ids=lambda f: f.name,
+)
+def test_config_every_field_is_type_checked(field):
+    """Derived from the dataclass, so a new field is covered without touching this test."""
+    with pytest.raises(ValueError, match=rf"BigBirdPegasusConfig\.{field.name}="):
+        eb.BigBirdPegasusConfig(**{**TINY, field.name: _wrong_value(field.type)})
 
 
 def test_config_refuses_unknown_and_inconsistent_keys():

@@ -1,4 +1,5 @@
-"""`BigBirdConfig`: every field of HF's `BigBirdConfig`, immutable, validated, HF round-trippable."""
+"""`BigBirdConfig`: every field of HF's `BigBirdConfig`, immutable, validated, HF
+round-trippable; `HFConfig`, what it shares with `BigBirdPegasusConfig`."""
 
 import dataclasses
 import json
@@ -7,7 +8,7 @@ import os
 import types
 import typing
 import warnings
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal, NoReturn
 
 from ._activations import ACTIVATIONS, UNSUPPORTED_ACTIVATIONS
 
@@ -43,11 +44,150 @@ def _default_labels(n: int) -> tuple[str, ...]:
     return tuple(f"LABEL_{i}" for i in range(n))
 
 
+# Validation is ours, as in the subclasses below: the runtime type checker leaves it alone.
+@typing.no_type_check
+class HFConfig:
+    """What `BigBirdConfig` and `BigBirdPegasusConfig` (frozen dataclasses) share: every field
+    checked against its annotation, HF `config.json` read and written, `replace`, `save`.
+
+    A subclass names its `model_type`, the name its errors give it (`_model_name`), the generic
+    HF keys it keeps verbatim (`_passthrough`) or accepts at one value only (`_required`), and
+    those HF writes only when they differ from `PretrainedConfig`'s defaults
+    (`_generic_defaults`).
+    """
+
+    _model_type: ClassVar[str]
+    _model_name: ClassVar[str]
+    _model_type_hints: ClassVar[dict[str, str]] = {}
+    _passthrough: ClassVar[frozenset] = _PASSTHROUGH_KEYS
+    _required: ClassVar[dict] = _REQUIRED_VALUES
+    _generic_defaults: ClassVar[tuple[tuple[str, Any], ...]]
+
+    def _fail(self, name: str, why: str) -> NoReturn:
+        raise ValueError(f"{type(self).__name__}.{name}={getattr(self, name)!r}: {why}")
+
+    def _check_fields(
+        self, *, positive: tuple[str, ...], non_negative: tuple[str, ...],
+        probabilities: tuple[str, ...], activation: str, width: str, heads: tuple[str, ...],
+    ) -> None:
+        """Every field against its annotation (the annotations are the type table), then the
+        value rules both configs have: `positive` / `non_negative` integers (None passes),
+        `probabilities` in [0, 1) (None passes), a known `activation`, `width` divisible by
+        each of `heads`, at least one label, a known `problem_type`."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                self._fail(f.name, "must be finite")
+            if not _conforms(value, f.type):
+                # A wrong Literal is mostly a wrong string: naming its type would not help.
+                literal = typing.get_origin(f.type) is Literal
+                got = "" if literal else f", not {type(value).__name__}"
+                self._fail(f.name, f"must be {_type_name(f.type)}{got}")
+        # From here on every value has its annotated type.
+        for name in positive:
+            if getattr(self, name) < 1:
+                self._fail(name, "must be a positive integer")
+        for name in non_negative:
+            if (getattr(self, name) or 0) < 0:
+                self._fail(name, "must be non-negative")
+        for name in probabilities:
+            if not 0.0 <= (getattr(self, name) or 0.0) < 1.0:
+                self._fail(name, "must lie in [0, 1)")
+        if getattr(self, activation) in UNSUPPORTED_ACTIVATIONS:
+            self._fail(activation, "activations with learnable parameters are not supported")
+        if getattr(self, activation) not in ACTIVATIONS:
+            self._fail(activation, f"unknown activation; known: {sorted(ACTIVATIONS)}")
+        for name in heads:
+            if getattr(self, width) % getattr(self, name):
+                self._fail(width, f"must be divisible by {name}={getattr(self, name)}")
+        if len(self.id2label) < 1:
+            self._fail("id2label", "needs at least one label")
+        if self.problem_type not in PROBLEM_TYPES:
+            self._fail("problem_type", f"must be one of {PROBLEM_TYPES}")
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.id2label)
+
+    def replace(self, **changes):
+        """A copy with some fields changed (and validated again)."""
+        if "num_labels" in changes:
+            changes["id2label"] = _default_labels(changes.pop("num_labels"))
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_hf(cls, path_or_dict: str | os.PathLike | dict[str, Any], *, strict: bool = True):
+        """Reads an HF `config.json` (a file, a directory holding one, or its dict).
+
+        Every key is either a field, a generic HF key that does not change the computation (kept in
+        `extra`), or one of a few generic keys accepted only at their default value. Unknown keys
+        raise `ValueError` (with `strict=False` they are kept in `extra` with a warning); so do
+        invalid values, naming the field, and the file when read from one.
+        """
+        raw = read_json_object(path_or_dict, f"{cls.__name__}.from_hf")
+        try:
+            return cls._from_raw(raw, strict)
+        except (ValueError, TypeError) as e:
+            if isinstance(path_or_dict, dict):
+                raise
+            raise ValueError(f"{_json_path(path_or_dict)}: {e}") from None
+
+    @classmethod
+    def _from_raw(cls, raw: dict[str, Any], strict: bool):
+        return cls(**cls._hf_kwargs(raw, strict))
+
+    @classmethod
+    def _hf_kwargs(cls, raw: dict[str, Any], strict: bool) -> dict[str, Any]:
+        """The constructor keywords of a `config.json` dict (consumed): its fields, the labels,
+        the architectures, and the generic keys kept in `extra`."""
+        model_type = raw.pop("model_type", cls._model_type)
+        if model_type != cls._model_type:
+            raise ValueError(
+                f"config model_type={model_type!r} is not {cls._model_type!r}"
+                + cls._model_type_hints.get(model_type, "")
+            )
+        labels = _labels(*(raw.pop(k, None) for k in ("id2label", "label2id", "num_labels")))
+        fields = {f.name for f in dataclasses.fields(cls)} - {"id2label", "architectures", "extra"}
+        kwargs, extra = _sort_keys(
+            raw, fields, strict, required=cls._required, passthrough=cls._passthrough,
+            model=cls._model_name,
+        )
+        if labels is not None:
+            kwargs["id2label"] = labels
+        kwargs["extra"] = tuple(sorted((k, json.dumps(v)) for k, v in extra.items()))
+        return kwargs
+
+    def to_hf(self) -> dict[str, Any]:
+        """The HF `config.json` dict (HF's config class takes it as keywords)."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            if f.name not in ("id2label", "architectures", "extra"):
+                out[f.name] = getattr(self, f.name)
+        # HF writes generic keys only when they differ from PretrainedConfig's defaults.
+        for name, default in self._generic_defaults:
+            if out[name] == default:
+                del out[name]
+        if self.id2label != _default_labels(2):
+            out["id2label"] = {str(i): name for i, name in enumerate(self.id2label)}
+            out["label2id"] = {name: i for i, name in enumerate(self.id2label)}
+        if self.architectures is not None:
+            out["architectures"] = list(self.architectures)
+        out.update({k: json.loads(v) for k, v in self.extra})
+        out["model_type"] = self._model_type
+        return dict(sorted(out.items()))
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Writes `to_hf()` as JSON, atomically (temp file + rename)."""
+        from ._io import atomic_write_text
+
+        atomic_write_text(path, json.dumps(self.to_hf(), indent=2, sort_keys=True) + "\n")
+
+
 # Validation is ours (`__post_init__` raises ValueError naming the field), so the runtime type
 # checker that tests and users may switch on is told to leave this class alone.
 @typing.no_type_check
 @dataclasses.dataclass(frozen=True)
-class BigBirdConfig:
+class BigBirdConfig(HFConfig):
     """BigBird hyperparameters, with the names and defaults of HF's `BigBirdConfig`.
 
     Immutable and hashable, so it can sit in a model as a static field. Invalid values raise
@@ -91,61 +231,37 @@ class BigBirdConfig:
     architectures: tuple[str, ...] | None = None
     extra: tuple[tuple[str, str], ...] = ()
 
+    _model_type = "big_bird"
+    _model_name = "BigBird"
+    _model_type_hints = {
+        t: " (use eqx_bigbird.from_bert for BERT/RoBERTa)" for t in ("bert", "roberta")
+    }
+    _generic_defaults = (
+        ("is_decoder", False), ("add_cross_attention", False), ("tie_word_embeddings", True),
+        ("chunk_size_feed_forward", 0), ("problem_type", None),
+    )
+
     def __post_init__(self):
-        def fail(name, why):
-            raise ValueError(f"BigBirdConfig.{name}={getattr(self, name)!r}: {why}")
-
-        for f in dataclasses.fields(self):  # the annotations are the type table
-            value = getattr(self, f.name)
-            if isinstance(value, float) and not math.isfinite(value):
-                fail(f.name, "must be finite")
-            if not _conforms(value, f.type):
-                fail(f.name, f"must be {_type_name(f.type)}, not {type(value).__name__}")
-
-        for name in (
-            "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-            "intermediate_size", "max_position_embeddings", "type_vocab_size", "block_size",
-        ):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                fail(name, "must be a positive integer")
-        if self.hidden_size % self.num_attention_heads != 0:
-            fail(
-                "hidden_size",
-                f"must be divisible by num_attention_heads={self.num_attention_heads}",
-            )
-        r = self.num_random_blocks
-        if isinstance(r, bool) or not isinstance(r, int) or r < 0:
-            fail("num_random_blocks", "must be a non-negative integer")
-        if self.hidden_act in UNSUPPORTED_ACTIVATIONS:
-            fail("hidden_act", "activations with learnable parameters are not supported")
-        if self.hidden_act not in ACTIVATIONS:
-            fail("hidden_act", f"unknown activation; known: {sorted(ACTIVATIONS)}")
-        if self.attention_type not in ATTENTION_TYPES:
-            fail("attention_type", f"must be one of {ATTENTION_TYPES}")
-        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout"):
-            value = getattr(self, name)
-            if value is not None and not 0.0 <= value < 1.0:
-                fail(name, "must lie in [0, 1)")
+        self._check_fields(
+            positive=(
+                "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                "intermediate_size", "max_position_embeddings", "type_vocab_size", "block_size",
+            ),
+            # Token ids are not checked against vocab_size: HF does not, and tiny test configs
+            # keep the defaults.
+            non_negative=(
+                "num_random_blocks", "pad_token_id", "bos_token_id", "eos_token_id",
+                "sep_token_id", "chunk_size_feed_forward",
+            ),
+            probabilities=(
+                "hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout",
+            ),
+            activation="hidden_act", width="hidden_size", heads=("num_attention_heads",),
+        )
         if not self.layer_norm_eps > 0:
-            fail("layer_norm_eps", "must be positive")
-        for name in ("pad_token_id", "bos_token_id", "eos_token_id", "sep_token_id"):
-            value = getattr(self, name)
-            # Not checked against vocab_size: HF does not, and tiny test configs keep the defaults.
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
-                fail(name, "must be a non-negative integer or None")
-        if len(self.id2label) < 1:
-            fail("id2label", "needs at least one label")
-        if self.problem_type not in PROBLEM_TYPES:
-            fail("problem_type", f"must be one of {PROBLEM_TYPES}")
-        if self.chunk_size_feed_forward < 0:
-            fail("chunk_size_feed_forward", "must be non-negative")
+            self._fail("layer_norm_eps", "must be positive")
 
     # -- derived --------------------------------------------------------------------------------
-
-    @property
-    def num_labels(self) -> int:
-        return len(self.id2label)
 
     @property
     def head_dim(self) -> int:
@@ -183,78 +299,9 @@ class BigBirdConfig:
             return seq_len
         return -(-seq_len // self.block_size) * self.block_size
 
-    def replace(self, **changes) -> "BigBirdConfig":
-        """A copy with some fields changed (and validated again)."""
-        if "num_labels" in changes:
-            changes["id2label"] = _default_labels(changes.pop("num_labels"))
-        return dataclasses.replace(self, **changes)
-
-    # -- HF config.json -------------------------------------------------------------------------
-
-    @classmethod
-    def from_hf(cls, path_or_dict: str | os.PathLike | dict[str, Any], *, strict: bool = True):
-        """Reads an HF `config.json` (a file, a directory holding one, or its dict).
-
-        Every key is either a field, a generic HF key that does not change the computation (kept in
-        `extra`), or one of a few generic keys accepted only at their default value. Unknown keys
-        raise `ValueError` (with `strict=False` they are kept in `extra` with a warning).
-        """
-        raw = read_json_object(path_or_dict)
-        try:
-            return cls._from_raw(raw, strict)
-        except (ValueError, TypeError) as e:
-            if isinstance(path_or_dict, dict):
-                raise
-            raise ValueError(f"{_json_path(path_or_dict)}: {e}") from None
-
-    @classmethod
-    def _from_raw(cls, raw: dict[str, Any], strict: bool) -> "BigBirdConfig":
-        model_type = raw.pop("model_type", "big_bird")
-        if model_type != "big_bird":
-            raise ValueError(
-                f"config model_type={model_type!r} is not 'big_bird'"
-                + (" (use eqx_bigbird.from_bert for BERT/RoBERTa)" if model_type in ("bert", "roberta") else "")
-            )
-        labels = _labels(*(raw.pop(k, None) for k in ("id2label", "label2id", "num_labels")))
-        fields = {f.name for f in dataclasses.fields(cls)} - {"id2label", "architectures", "extra"}
-        kwargs, extra = _sort_keys(raw, fields, strict)
-        if labels is not None:
-            kwargs["id2label"] = labels
-        kwargs["extra"] = tuple(sorted((k, json.dumps(v)) for k, v in extra.items()))
-        return cls(**kwargs)
-
-    def to_hf(self) -> dict[str, Any]:
-        """The HF `config.json` dict (`transformers.BigBirdConfig(**d)` accepts it)."""
-        out: dict[str, Any] = {}
-        for f in dataclasses.fields(self):
-            if f.name in ("id2label", "architectures", "extra"):
-                continue
-            out[f.name] = getattr(self, f.name)
-        # HF writes generic keys only when they differ from PretrainedConfig's defaults.
-        for name, default in (
-            ("is_decoder", False), ("add_cross_attention", False), ("tie_word_embeddings", True),
-            ("chunk_size_feed_forward", 0), ("problem_type", None),
-        ):
-            if out[name] == default:
-                del out[name]
-        if self.id2label != _default_labels(2):
-            out["id2label"] = {str(i): name for i, name in enumerate(self.id2label)}
-            out["label2id"] = {name: i for i, name in enumerate(self.id2label)}
-        if self.architectures is not None:
-            out["architectures"] = list(self.architectures)
-        out.update({k: json.loads(v) for k, v in self.extra})
-        out["model_type"] = "big_bird"
-        return dict(sorted(out.items()))
-
-    def save(self, path: str | os.PathLike) -> None:
-        """Writes `to_hf()` as JSON, atomically (temp file + rename)."""
-        from ._io import atomic_write_text
-
-        atomic_write_text(path, json.dumps(self.to_hf(), indent=2, sort_keys=True) + "\n")
-
 
 def _conforms(value, tp) -> bool:
-    """Whether `value` is of the annotated type `tp` (the field annotations of `BigBirdConfig`).
+    """Whether `value` is of the annotated type `tp` (a config field's annotation).
     Strict as JSON reads: a bool is not a number, a string is never a number or a bool; a float
     field takes an int (JSON writes 1e-12 and 1 alike) but must be finite."""
     origin, args = typing.get_origin(tp), typing.get_args(tp)
@@ -285,6 +332,8 @@ def _conforms(value, tp) -> bool:
 
 
 def _type_name(tp) -> str:
+    if typing.get_origin(tp) is Literal:
+        return f"one of {typing.get_args(tp)}"
     if isinstance(tp, type):
         return "None" if tp is type(None) else tp.__name__
     return str(tp).replace("typing.", "").replace("NoneType", "None")
@@ -295,14 +344,14 @@ def _json_path(path_or_dir) -> str:
     return os.path.join(path, "config.json") if os.path.isdir(path) else path
 
 
-def read_json_object(path_or_dict) -> dict[str, Any]:
+def read_json_object(path_or_dict, caller: str = "read_json_object") -> dict[str, Any]:
     """The JSON object of a config file (a directory: its `config.json`), or a copy of the dict
     given; a file that is not UTF-8, not JSON or not an object raises `ValueError` naming it."""
     if isinstance(path_or_dict, dict):
         return dict(path_or_dict)
     if not isinstance(path_or_dict, (str, os.PathLike)):
         raise TypeError(
-            f"BigBirdConfig.from_hf takes a path or a dict, got {type(path_or_dict).__name__}"
+            f"{caller} takes a path or a dict, got {type(path_or_dict).__name__}"
         )
     path = _json_path(path_or_dict)
     with open(path, "rb") as f:

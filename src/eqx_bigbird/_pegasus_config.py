@@ -1,23 +1,18 @@
 """`BigBirdPegasusConfig`: every field of HF's `BigBirdPegasusConfig`, immutable, validated, HF
-round-trippable. Reading and writing `config.json` reuse `_config`'s key sorting and labels."""
+round-trippable. Validation and `config.json` come from `_config.HFConfig`, shared with
+`BigBirdConfig`."""
 
 import dataclasses
 import json
-import os
 import typing
 from typing import Any, Literal
 
-from ._activations import ACTIVATIONS, UNSUPPORTED_ACTIVATIONS
 from ._config import (
     _PASSTHROUGH_KEYS,
     _REQUIRED_VALUES,
-    ATTENTION_TYPES,
-    PROBLEM_TYPES,
     BigBirdConfig,
+    HFConfig,
     _default_labels,
-    _labels,
-    _sort_keys,
-    read_json_object,
 )
 
 MODEL_TYPE = "bigbird_pegasus"
@@ -43,7 +38,7 @@ GENERATION_KEYS = (
 
 @typing.no_type_check
 @dataclasses.dataclass(frozen=True)
-class BigBirdPegasusConfig:
+class BigBirdPegasusConfig(HFConfig):
     """BigBird-Pegasus hyperparameters, with the names and defaults of HF's `BigBirdPegasusConfig`.
 
     Immutable and hashable (a static field of the models). Invalid values raise `ValueError`
@@ -90,56 +85,34 @@ class BigBirdPegasusConfig:
     architectures: tuple[str, ...] | None = None
     extra: tuple[tuple[str, str], ...] = ()
 
+    _model_type = MODEL_TYPE
+    _model_name = "BigBird-Pegasus"
+    _passthrough = _PEGASUS_PASSTHROUGH
+    _required = _PEGASUS_REQUIRED
+    _generic_defaults = (
+        ("is_decoder", False), ("tie_word_embeddings", True), ("problem_type", None),
+    )
+
     def __post_init__(self):
-        def fail(name, why):
-            raise ValueError(f"BigBirdPegasusConfig.{name}={getattr(self, name)!r}: {why}")
-
-        def is_int(value):
-            return isinstance(value, int) and not isinstance(value, bool)
-
-        for name in (
-            "vocab_size", "max_position_embeddings", "encoder_layers", "encoder_ffn_dim",
-            "encoder_attention_heads", "decoder_layers", "decoder_ffn_dim",
-            "decoder_attention_heads", "d_model", "block_size",
-        ):
-            if not is_int(getattr(self, name)) or getattr(self, name) < 1:
-                fail(name, "must be a positive integer")
-        for heads in ("encoder_attention_heads", "decoder_attention_heads"):
-            if self.d_model % getattr(self, heads):
-                fail("d_model", f"must be divisible by {heads}={getattr(self, heads)}")
-        if not is_int(self.num_random_blocks) or self.num_random_blocks < 0:
-            fail("num_random_blocks", "must be a non-negative integer")
-        if self.activation_function in UNSUPPORTED_ACTIVATIONS:
-            fail("activation_function", "activations with learnable parameters are not supported")
-        if self.activation_function not in ACTIVATIONS:
-            fail("activation_function", f"unknown activation; known: {sorted(ACTIVATIONS)}")
-        if self.attention_type not in ATTENTION_TYPES:
-            fail("attention_type", f"must be one of {ATTENTION_TYPES}")
-        for name in ("dropout", "attention_dropout", "activation_dropout", "classifier_dropout"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1:
-                fail(name, "must be a number in [0, 1)")
+        self._check_fields(
+            positive=(
+                "vocab_size", "max_position_embeddings", "encoder_layers", "encoder_ffn_dim",
+                "encoder_attention_heads", "decoder_layers", "decoder_ffn_dim",
+                "decoder_attention_heads", "d_model", "block_size",
+            ),
+            non_negative=("num_random_blocks",),
+            probabilities=(
+                "dropout", "attention_dropout", "activation_dropout", "classifier_dropout",
+            ),
+            activation="activation_function", width="d_model",
+            heads=("encoder_attention_heads", "decoder_attention_heads"),
+        )
         for name in ("encoder_layerdrop", "decoder_layerdrop"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
-                fail(name, "must be a number in [0, 1]")
-        if not isinstance(self.init_std, int | float) or isinstance(self.init_std, bool):
-            fail("init_std", "must be a number")
+            if not 0 <= getattr(self, name) <= 1:
+                self._fail(name, "must lie in [0, 1]")
         for name in ("pad_token_id", "decoder_start_token_id", "bos_token_id", "eos_token_id"):
-            value = getattr(self, name)
-            optional = name in ("bos_token_id", "eos_token_id")
-            if (value is None and not optional) or (
-                value is not None and (not is_int(value) or not 0 <= value < self.vocab_size)
-            ):
-                fail(name, f"must be a token id in [0, vocab_size={self.vocab_size})")
-        for name in ("use_cache", "is_encoder_decoder", "scale_embedding", "use_bias", "is_decoder",
-                     "tie_word_embeddings"):
-            if not isinstance(getattr(self, name), bool):
-                fail(name, "must be a bool")
-        if len(self.id2label) < 1:
-            fail("id2label", "needs at least one label")
-        if self.problem_type not in PROBLEM_TYPES:
-            fail("problem_type", f"must be one of {PROBLEM_TYPES}")
+            if not 0 <= (getattr(self, name) or 0) < self.vocab_size:
+                self._fail(name, f"must be a token id in [0, vocab_size={self.vocab_size})")
 
     # -- HF's aliases and derived values --------------------------------------------------------
 
@@ -158,10 +131,6 @@ class BigBirdPegasusConfig:
     @property
     def num_hidden_layers(self) -> int:
         return self.encoder_layers
-
-    @property
-    def num_labels(self) -> int:
-        return len(self.id2label)
 
     @property
     def embed_scale(self) -> float:
@@ -194,34 +163,13 @@ class BigBirdPegasusConfig:
         `num_beams`, `length_penalty`, `max_length`), as HF's `from_model_config` reads them."""
         return {k: json.loads(v) for k, v in self.extra if k in GENERATION_KEYS}
 
-    def replace(self, **changes) -> "BigBirdPegasusConfig":
-        """A copy with some fields changed (and validated again)."""
-        if "num_labels" in changes:
-            changes["id2label"] = _default_labels(changes.pop("num_labels"))
-        return dataclasses.replace(self, **changes)
-
     # -- HF config.json -------------------------------------------------------------------------
 
     @classmethod
-    def from_hf(cls, path_or_dict: str | os.PathLike | dict[str, Any], *, strict: bool = True):
-        """Reads an HF `config.json` (a file, a directory holding one, or its dict); unknown keys
-        raise `ValueError` (with `strict=False` they are kept in `extra` with a warning).
-        `num_hidden_layers`, which HF writes as a copy of `encoder_layers`, must agree with it."""
-        raw = read_json_object(path_or_dict)
-        model_type = raw.pop("model_type", MODEL_TYPE)
-        if model_type != MODEL_TYPE:
-            raise ValueError(f"config model_type={model_type!r} is not {MODEL_TYPE!r}")
-        labels = _labels(*(raw.pop(k, None) for k in ("id2label", "label2id", "num_labels")))
+    def _from_raw(cls, raw: dict[str, Any], strict: bool) -> "BigBirdPegasusConfig":
+        # HF writes `num_hidden_layers` as a copy of `encoder_layers`: it must agree with it.
         layers = raw.pop("num_hidden_layers", None)
-        fields = {f.name for f in dataclasses.fields(cls)} - {"id2label", "architectures", "extra"}
-        kwargs, extra = _sort_keys(
-            raw, fields, strict, required=_PEGASUS_REQUIRED, passthrough=_PEGASUS_PASSTHROUGH,
-            model="BigBird-Pegasus",
-        )
-        if labels is not None:
-            kwargs["id2label"] = labels
-        kwargs["extra"] = tuple(sorted((k, json.dumps(v)) for k, v in extra.items()))
-        config = cls(**kwargs)
+        config = super()._from_raw(raw, strict)
         if layers is not None and layers != config.encoder_layers:
             raise ValueError(
                 f"config num_hidden_layers={layers!r} disagrees with encoder_layers="
@@ -231,28 +179,4 @@ class BigBirdPegasusConfig:
 
     def to_hf(self) -> dict[str, Any]:
         """The HF `config.json` dict (`transformers.BigBirdPegasusConfig(**d)` accepts it)."""
-        out: dict[str, Any] = {}
-        for f in dataclasses.fields(self):
-            if f.name not in ("id2label", "architectures", "extra"):
-                out[f.name] = getattr(self, f.name)
-        # HF writes generic keys only when they differ from PretrainedConfig's defaults.
-        for name, default in (
-            ("is_decoder", False), ("tie_word_embeddings", True), ("problem_type", None),
-        ):
-            if out[name] == default:
-                del out[name]
-        out["num_hidden_layers"] = self.encoder_layers
-        if self.id2label != _default_labels(2):
-            out["id2label"] = {str(i): name for i, name in enumerate(self.id2label)}
-            out["label2id"] = {name: i for i, name in enumerate(self.id2label)}
-        if self.architectures is not None:
-            out["architectures"] = list(self.architectures)
-        out.update({k: json.loads(v) for k, v in self.extra})
-        out["model_type"] = MODEL_TYPE
-        return dict(sorted(out.items()))
-
-    def save(self, path: str | os.PathLike) -> None:
-        """Writes `to_hf()` as JSON, atomically (temp file + rename)."""
-        from ._io import atomic_write_text
-
-        atomic_write_text(path, json.dumps(self.to_hf(), indent=2, sort_keys=True) + "\n")
+        return dict(sorted({**super().to_hf(), "num_hidden_layers": self.encoder_layers}.items()))
