@@ -17,7 +17,8 @@ import eqx_bigbird as eb
 import eqx_bigbird._io as io_module
 from eqx_bigbird.cli import main as cli
 
-from .hf_reference import TINY, pytorch_model, leaves_equal as same_leaves
+from .hf_reference import TINY, pytorch_model
+from .hf_reference import leaves_equal as same_leaves
 
 torch = pytest.importorskip("torch")
 OVERRIDES = dict(block_size=4, num_random_blocks=2)
@@ -251,8 +252,8 @@ def test_wrong_model_class(tmp_path, getkey):
     ):
         eb.load(file, eb.BigBirdEncoder)
     # A header naming a class we do not have.
-    from eqx_bigbird._io import write_safetensors
     from eqx_bigbird._hf_read import read_safetensors, safetensors_metadata
+    from eqx_bigbird._io import write_safetensors
 
     meta = dict(safetensors_metadata(file), model_class="BigBirdForTeleportation")
     state = read_safetensors(file)

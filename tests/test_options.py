@@ -123,8 +123,8 @@ def test_gradients_match_hf_flax(monkeypatch):
     pytest.importorskip("flax")
     from transformers.models.big_bird import modeling_flax_big_bird as fx_mod
 
-    from eqx_bigbird._hf_read import flax_to_torch_names
     from eqx_bigbird._export import hf_state
+    from eqx_bigbird._hf_read import flax_to_torch_names
 
     from .hf_reference import flax_model, lenient_jax
 
@@ -133,7 +133,7 @@ def test_gradients_match_hf_flax(monkeypatch):
         attention_probs_dropout_prob=0.0,
     )
     fx, path = flax_model("FlaxBigBirdForMaskedLM", **overrides)
-    seq, heads, layers = 64, 2, 2
+    seq, heads = 64, 2
 
     def paper(self, *args, **kwargs):
         layer = int(self.scope.path[self.scope.path.index("layer") + 1])

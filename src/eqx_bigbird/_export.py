@@ -14,10 +14,16 @@ import msgpack
 import numpy as np
 
 from ._hf_names import (
-    has_flax, hf_name_of, hf_names, layer_count, saved_name, tied_names, written_copies,
+    has_flax,
+    hf_name_of,
+    hf_names,
+    layer_count,
+    saved_name,
+    tied_names,
+    written_copies,
 )
 from ._hf_read import FLAX_MSGPACK, SAFETENSORS
-from ._io import atomic_writer, atomic_write_text, write_safetensors
+from ._io import atomic_write_text, atomic_writer, write_safetensors
 from ._tree import array_leaves, path_str
 
 # Flax splits arrays above this many bytes into chunks (flax.serialization.MAX_CHUNK_SIZE).
