@@ -8,6 +8,11 @@ import jax
 import jax.random as jr
 import pytest
 
+import eqx_bigbird
+
+# As `eqx-bigbird` commands do: no page zeroing of every large buffer of every step.
+eqx_bigbird.reuse_freed_memory()
+
 # Our code runs under strict dtype and rank promotion (HF Flax code does not: see
 # `hf_reference.lenient_jax`).
 jax.config.update("jax_numpy_dtype_promotion", "strict")

@@ -1,6 +1,7 @@
 """eqx-bigbird: BigBird (block-sparse attention for long sequences) in JAX + Equinox."""
 
 from . import checkpointing, data, plotting, sharding, sparse_attention, training
+from ._allocator import reuse_freed_memory
 from ._attention import AbstractAttention, AttentionOutput, BlockSparseAttention, FullAttention
 from ._bert import from_bert
 from ._config import BigBirdConfig
@@ -164,6 +165,8 @@ __all__ = [
     # training-state checkpoints (Orbax)
     "Checkpointer",
     "load_training_state",
+    # process settings
+    "reuse_freed_memory",
     # submodules
     "checkpointing",
     "sparse_attention",

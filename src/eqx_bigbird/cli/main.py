@@ -8,7 +8,7 @@ import sys
 import equinox as eqx
 import jax
 
-from .. import CheckpointError
+from .. import CheckpointError, reuse_freed_memory
 from . import convert, summarize, tools, train
 from .health import Diverged
 
@@ -39,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `eqx-bigbird` console script; returns the exit status."""
     args = build_parser().parse_args(argv)
+    reuse_freed_memory()
     try:
         return int(args.func(args) or 0)
     except (CheckpointError, ValueError, TypeError, OSError, Diverged) as e:

@@ -1,0 +1,35 @@
+"""`reuse_freed_memory`: large buffers stop costing a fresh, kernel-zeroed mapping each time."""
+
+import subprocess
+import sys
+
+import pytest
+
+CHURN = """
+import resource, sys
+import numpy as np
+
+def faults_of_churn():
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(20):
+        a = np.ones(16 << 20, np.float32)  # 64 MB: above any mmap threshold glibc adapts to
+        del a
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+default = faults_of_churn()
+import eqx_bigbird
+applied = eqx_bigbird.reuse_freed_memory()
+faults_of_churn()  # the heap grows once
+print(applied, default, faults_of_churn())
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_freed_buffers_are_reused_not_mapped_again():
+    # A fresh process: the suite's own process already has the setting (tests/conftest.py).
+    out = subprocess.run([sys.executable, "-c", CHURN], capture_output=True, text=True,
+                         check=True).stdout.split()
+    applied, default, reused = out[0] == "True", int(out[1]), int(out[2])
+    assert applied
+    assert default >= 20 * 16  # at least one fault per 2 MB huge page of every buffer
+    assert reused < default / 10, (default, reused)
