@@ -28,8 +28,8 @@ MIN_MARGIN = 0.10
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """Both seeds at once, one process each: every run is single-threaded (the suite's XLA
-    flags, inherited), so two processes fill CI's two cores and halve the wall time."""
+    """Both seeds at once, one process each (single-threaded: the suite's XLA flags are
+    inherited), on CI's two cores: less wall time than one after the other, if not half."""
     root = tmp_path_factory.mktemp("main_job")
     procs = {}
     for seed in SEEDS:
