@@ -6,7 +6,7 @@ import sys
 import pytest
 
 CHURN = """
-import resource, sys
+import resource
 import numpy as np
 
 def faults_of_churn():

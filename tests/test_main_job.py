@@ -4,7 +4,6 @@ batch; as in every run, each training example is seen once, so the splits are dr
 batch examples), leaves the majority-class plateau on two seeds."""
 
 import json
-import os
 import subprocess
 import sys
 
@@ -29,25 +28,27 @@ MIN_MARGIN = 0.10
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """Both seeds at once, one process each (single-threaded: the suite's XLA flags are
-    inherited), on CI's two cores: less wall time than one after the other, if not half."""
+    inherited), on CI's two cores: less wall time than one after the other, if not half.
+    **Returns:** `{seed: (exit status, stderr, output folder)}`."""
     root = tmp_path_factory.mktemp("main_job")
     procs = {}
-    for seed in SEEDS:
-        cmd = [sys.executable, "-m", "eqx_bigbird.cli", "train", "--seed", str(seed),
-               "--steps", str(STEPS), "--val-size", "128", "--test-size", "500",
-               "--eval-every", str(STEPS), "--no-progress", "--out", str(root / str(seed))]
-        procs[seed] = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                       text=True, env=os.environ.copy())
-    done = {}
-    for seed, proc in procs.items():
-        out, err = proc.communicate(timeout=1800)
-        done[seed] = (proc.returncode, out, err, root / str(seed))
-    return done
+    try:
+        for seed in SEEDS:
+            cmd = [sys.executable, "-m", "eqx_bigbird.cli", "train", "--seed", str(seed),
+                   "--steps", str(STEPS), "--val-size", "128", "--test-size", "500",
+                   "--eval-every", str(STEPS), "--no-progress", "--out", str(root / str(seed))]
+            procs[seed] = subprocess.Popen(cmd, stdout=subprocess.DEVNULL,
+                                           stderr=subprocess.PIPE, text=True)
+        errors = {seed: proc.communicate(timeout=1800)[1] for seed, proc in procs.items()}
+        return {seed: (procs[seed].returncode, errors[seed], root / str(seed)) for seed in SEEDS}
+    finally:
+        for proc in procs.values():  # none left running after a timeout
+            proc.kill()
 
 
 @pytest.mark.parametrize("seed", SEEDS)
 def test_shortened_default_recipe_beats_the_majority_baseline(seed, runs):
-    rc, _, err, out = runs[seed]
+    rc, err, out = runs[seed]
     assert rc == 0, err[-4000:]
     metrics = json.loads((out / "metrics.json").read_text())
     margin = metrics["test_accuracy"] - metrics["majority_baseline"]
