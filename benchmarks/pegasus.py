@@ -170,7 +170,7 @@ def _hf(spec: dict, ids, generate_kwargs: dict) -> tuple[dict, list[int]]:
 
 def child(spec: dict) -> dict:
     cfg = spec["cfg"]
-    ids = _inputs(cfg, spec["length"])
+    ids = _inputs(cfg, spec["length"], 1)[0]
     new = spec["new_tokens"]
     generate_kwargs = dict(
         num_beams=spec["num_beams"], max_new_tokens=new,

@@ -2,6 +2,7 @@
 
     python -m benchmarks.run                 # full run: bigbird-roberta-base dims, CPU, f32
     python -m benchmarks.run --quick         # small dims, two lengths (the CI smoke test)
+    python -m benchmarks.run --batch 1 4     # batches: ours through jax.vmap, HF batched natively
 
 Every measurement runs in a fresh subprocess (so peak memory does not mix) and reports compile
 time, the median of `--reps` steady-state runs after a warm-up, and peak resident memory. The
@@ -39,6 +40,7 @@ class Job:
     attention: str  # "block_sparse" | "original_full"
     length: int
     remat: str | None = None  # ours only: a gradient-checkpointing policy for "train"
+    batch: int = 1  # examples per call: ours maps one example over them with jax.vmap
 
 
 # -- FLOP model ------------------------------------------------------------------------------------
@@ -87,18 +89,21 @@ def _peak_rss_gb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # KiB on Linux
 
 
-def _inputs(cfg, n, seed=0):
+def _inputs(cfg, n, batch, seed=0):
+    """`(batch, n)` token ids; example 0 is the same for every batch size."""
     import numpy as np
 
-    rng = np.random.default_rng(seed)
-    return rng.integers(5, cfg["vocab_size"], (n,)).astype(np.int32)
+    rows = [np.random.default_rng(seed + i).integers(5, cfg["vocab_size"], (n,)) for i in range(batch)]
+    return np.stack(rows).astype(np.int32)
 
 
 def _forward_fn(job, cfg, checkpoint):
-    """(function, args) of one inference forward pass on `job.length` tokens."""
+    """(function, args) of one inference forward pass on `job.batch` examples of `job.length`
+    tokens: ours through `jax.vmap` of the one-example model, HF on its batch dimension."""
+    import jax
     import jax.numpy as jnp
 
-    ids = jnp.asarray(_inputs(cfg, job.length))
+    ids = jnp.asarray(_inputs(cfg, job.length, job.batch))
     overrides = {"attention_type": job.attention}
     if job.impl in OURS:
         import equinox as eqx
@@ -112,7 +117,12 @@ def _forward_fn(job, cfg, checkpoint):
             config = eb.BigBirdConfig(**cfg, **overrides)
             model = eqx.nn.inference_mode(eb.BigBirdModel(config, key=jr.PRNGKey(0)))
         params, static = eqx.partition(model, eqx.is_array)
-        return (lambda p, x: eqx.combine(p, static)(x).last_hidden_state), (params, ids)
+
+        def forward(p, x):
+            model = eqx.combine(p, static)
+            return jax.vmap(lambda ids: model(ids).last_hidden_state)(x)
+
+        return forward, (params, ids)
     import transformers
 
     from .hf import lenient
@@ -123,24 +133,27 @@ def _forward_fn(job, cfg, checkpoint):
 
     def forward(p, x):
         with lenient():
-            return model(x[None], params=p).last_hidden_state[0]
+            return model(x, params=p).last_hidden_state
 
     return forward, (model.params, ids)
 
 
 def _train_fn(job, cfg, checkpoint):
-    """(function, args) of one masked-LM training step's value_and_grad: 15% of the tokens
-    masked, dropout on, random attention on. Ours computes logits only at the masked positions;
-    HF has no such option and computes them everywhere."""
+    """(function, args) of one masked-LM training step's value_and_grad over `job.batch`
+    examples (the mean loss): 15% of the tokens masked, dropout on, random attention on. Ours
+    maps the one-example loss with `jax.vmap` and computes logits only at the masked positions;
+    HF runs its batch dimension and has no such option (logits everywhere)."""
     import jax
     import jax.numpy as jnp
     import jax.random as jr
     import numpy as np
 
-    n = job.length
-    ids = _inputs(cfg, n)
+    n, batch = job.length, job.batch
+    ids = _inputs(cfg, n, batch)
     rng = np.random.default_rng(1)
-    positions = np.sort(rng.choice(n, size=max(1, round(0.15 * n)), replace=False)).astype(np.int32)
+    positions = np.stack([
+        np.sort(rng.choice(n, size=max(1, round(0.15 * n)), replace=False)) for _ in range(batch)
+    ]).astype(np.int32)
     overrides = {"attention_type": job.attention}
     if job.impl in OURS:
         import equinox as eqx
@@ -155,13 +168,18 @@ def _train_fn(job, cfg, checkpoint):
             eqx.nn.inference_mode(model, False), gradient_checkpointing=job.remat
         )
         params, static = eqx.partition(model, eqx.is_inexact_array)
-        labels = jnp.asarray(ids[positions])
+        labels = jnp.asarray(np.take_along_axis(ids, positions, axis=1))
 
         def loss(p, x, pos, key):
-            logits = eqx.combine(p, static)(x, positions=pos, key=key).logits
-            return eb.masked_lm_loss(logits, labels)
+            model = eqx.combine(p, static)
 
-        return jax.value_and_grad(loss), (params, jnp.asarray(ids), jnp.asarray(positions), jr.PRNGKey(1))
+            def one(ids, pos, labels, key):
+                return eb.masked_lm_loss(model(ids, positions=pos, key=key).logits, labels)
+
+            return jax.vmap(one)(x, pos, labels, jr.split(key, batch)).mean()
+
+        args = (params, jnp.asarray(ids), jnp.asarray(positions), jr.PRNGKey(1))
+        return jax.value_and_grad(loss), args
     import optax
     import transformers
 
@@ -170,16 +188,17 @@ def _train_fn(job, cfg, checkpoint):
     with lenient():
         config = transformers.BigBirdConfig(**cfg, **overrides)
         model = transformers.FlaxBigBirdForMaskedLM.from_pretrained(checkpoint, config=config)
-    labels = np.full(n, -100, np.int32)
-    labels[positions] = ids[positions]
+    labels = np.full((batch, n), -100, np.int32)
+    np.put_along_axis(labels, positions, np.take_along_axis(ids, positions, axis=1), axis=1)
     labels = jnp.asarray(labels)
 
     def loss(p, x, key):
         k1, k2 = jr.split(key)
         with lenient():
-            logits = model(x[None], params=p, train=True, dropout_rng=k1, indices_rng=k2).logits[0]
+            logits = model(x, params=p, train=True, dropout_rng=k1, indices_rng=k2).logits
             valid = labels != -100
             nll = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.where(valid, labels, 0))
+            # Each example's mean over its masked tokens (all have as many), then over the batch.
             return jnp.sum(jnp.where(valid, nll, 0.0)) / valid.sum()
 
     return jax.value_and_grad(loss), (model.params, jnp.asarray(ids), jr.PRNGKey(1))
@@ -314,30 +333,33 @@ def _markdown(rows, rate):
     lines = [
         f"Machine f32 matmul rate: {rate / 1e9:.1f} GFLOP/s",
         "",
-        "| impl | mode | attention | tokens | compile s | median s | ms/token | GFLOP/s | % matmul "
-        "| XLA temp GB | RSS while stepping GB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| impl | mode | attention | tokens | batch | compile s | median s | s/example | ms/token "
+        "| GFLOP/s | % matmul | XLA temp GB | RSS while stepping GB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         impl = r["impl"] + (f" (remat {r['remat']})" if r.get("remat") else "")
         if "error" in r:
             lines.append(
-                f"| {impl} | {r['mode']} | {r['attention']} | {r['length']} | "
-                f"{r['error']} | | | | | | |"
+                f"| {impl} | {r['mode']} | {r['attention']} | {r['length']} | {r['batch']} | "
+                f"{r['error']} | | | | | | | |"
             )
             continue
+        per_example = r["median_s"] / r["batch"]
         lines.append(
-            f"| {impl} | {r['mode']} | {r['attention']} | {r['length']} | "
-            f"{r['compile_s']:.1f} | {r['median_s']:.3f} | {1e3 * r['median_s'] / r['length']:.3f} | "
-            f"{r['gflops']:.1f} | {100 * r['fraction_of_matmul']:.0f}% | {r['xla_temp_gb']:.2f} | "
-            f"{r['step_rss_gb']:.2f} |"
+            f"| {impl} | {r['mode']} | {r['attention']} | {r['length']} | {r['batch']} | "
+            f"{r['compile_s']:.1f} | {r['median_s']:.3f} | {per_example:.3f} | "
+            f"{1e3 * per_example / r['length']:.3f} | {r['gflops']:.1f} | "
+            f"{100 * r['fraction_of_matmul']:.0f}% | {r['xla_temp_gb']:.2f} | {r['step_rss_gb']:.2f} |"
         )
     for other, label in (("hf", "HF"), ("baseline", "baseline")):
         ratios = _ratios(rows, other)
         if ratios:
-            lines += ["", f"| mode | attention | tokens | ours / {label} throughput |"]
-            lines += ["|---|---|---|---|"]
-            lines += [f"| {m} | {a} | {n} | {x:.2f}x |" for (m, a, n), x in sorted(ratios.items())]
+            lines += ["", f"| mode | attention | tokens | batch | ours / {label} throughput |"]
+            lines += ["|---|---|---|---|---|"]
+            lines += [
+                f"| {m} | {a} | {n} | {b} | {x:.2f}x |" for (m, a, n, b), x in sorted(ratios.items())
+            ]
     lines += [
         "",
         "GFLOP/s use the FLOP model (performance.md section 4) for both implementations; training "
@@ -347,16 +369,17 @@ def _markdown(rows, rate):
 
 
 def _ratios(rows, other="hf"):
-    """`{(mode, attention, tokens): other's time / ours}`: our throughput relative to `other`."""
+    """`{(mode, attention, tokens, batch): other's time / ours}`: our throughput relative to
+    `other` at the same batch size."""
     by = {
-        (r["impl"], r["mode"], r["attention"], r["length"]): r
+        (r["impl"], r["mode"], r["attention"], r["length"], r["batch"]): r
         for r in rows
         if "error" not in r and not r.get("remat")
     }
     return {
-        (m, a, n): by[(other, m, a, n)]["median_s"] / r["median_s"]
-        for (impl, m, a, n), r in by.items()
-        if impl == "ours" and (other, m, a, n) in by
+        key[1:]: by[(other, *key[1:])]["median_s"] / r["median_s"]
+        for key, r in by.items()
+        if key[0] == "ours" and (other, *key[1:]) in by
     }
 
 
@@ -369,13 +392,14 @@ def _plot(rows, path):
     except ImportError:
         return False
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    batch = min((r["batch"] for r in rows), default=1)
     for impl in ("ours", "hf"):
         for attention, style in (("block_sparse", "-"), ("original_full", "--")):
             pts = sorted(
                 (r["length"], 1e3 * r["median_s"] / r["length"])
                 for r in rows
                 if r["impl"] == impl and r["attention"] == attention and r["mode"] == "forward"
-                and "error" not in r
+                and r["batch"] == batch and "error" not in r
             )
             if pts:
                 label = f"{'eqx-bigbird' if impl == 'ours' else 'HF Flax'} {attention}"
@@ -384,7 +408,7 @@ def _plot(rows, path):
     ax.set_xscale("log", base=2)
     ax.set_xlabel("sequence length (tokens)")
     ax.set_ylabel("forward time per token (ms)")
-    ax.set_title("BigBird forward, batch 1, float32, CPU")
+    ax.set_title(f"BigBird forward, batch {batch}, float32, CPU")
     ax.grid(True, alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -409,6 +433,8 @@ def main(argv=None):
         "--remat", nargs="*", default=[None, "dots_with_no_batch_dims_saveable"],
         help="gradient-checkpointing policies to measure for our training step",
     )
+    p.add_argument("--batch", type=int, nargs="*", default=[1],
+                   help="batch sizes (ours: jax.vmap over examples; HF: its batch dimension)")
     p.add_argument("--reps", type=int)
     p.add_argument("--timeout", type=int, default=3600, help="seconds per measurement")
     p.add_argument("--max-position-embeddings", type=int,
@@ -454,8 +480,9 @@ def main(argv=None):
         jobs = []
         if "forward" in args.modes:
             jobs += [
-                Job(impl, "forward", attention, n)
+                Job(impl, "forward", attention, n, batch=b)
                 for n in lengths
+                for b in args.batch
                 for attention in args.attention
                 for impl in impls
                 if attention == "block_sparse" or n <= FULL_ATTENTION_MAX
@@ -463,9 +490,10 @@ def main(argv=None):
         if "train" in args.modes:
             remats = [None if r in (None, "none") else r for r in args.remat]
             for n in train_lengths:
-                for impl in impls:
-                    for remat in remats if impl in OURS else [None]:
-                        jobs.append(Job(impl, "train", "block_sparse", n, remat))
+                for b in args.batch:
+                    for impl in impls:
+                        for remat in remats if impl in OURS else [None]:
+                            jobs.append(Job(impl, "train", "block_sparse", n, remat, b))
         rows = []
         for i, job in enumerate(jobs, 1):
             print(f"[{i}/{len(jobs)}] {job}", flush=True)
@@ -477,6 +505,7 @@ def main(argv=None):
                     if job.mode == "forward"
                     else train_flops(cfg, job.length, job.attention, round(0.15 * job.length))
                 )
+                flops *= job.batch
                 row["gflops"] = flops / row["median_s"] / 1e9
                 row["fraction_of_matmul"] = flops / row["median_s"] / rate
             print("   ", {k: v for k, v in row.items() if k != "times_s"}, flush=True)

@@ -15,6 +15,7 @@ def test_quick_benchmark_writes_its_reports(tmp_path):
         sys.executable, "-m", "benchmarks.run", "--quick", "--out", str(tmp_path), "--reps", "1",
         "--lengths", "256", "--attention", "block_sparse", "--train-lengths", "256",
         "--remat", "none",  # one training row each side; remat policies are tested in test_options
+        "--batch", "2",  # ours through jax.vmap, HF on its batch axis
     ]
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -22,7 +23,9 @@ def test_quick_benchmark_writes_its_reports(tmp_path):
     rows = summary["rows"]
     assert {(r["impl"], r["mode"]) for r in rows} >= {("ours", "forward"), ("ours", "train")}
     assert not [r for r in rows if "error" in r], rows
-    assert all(r["median_s"] > 0 and r["peak_rss_gb"] > 0 for r in rows)
+    assert all(r["median_s"] > 0 and r["peak_rss_gb"] > 0 and r["batch"] == 2 for r in rows)
+    if any(r["impl"] == "hf" for r in rows):
+        assert set(summary["ratios"]) == {"forward/block_sparse/256/2", "train/block_sparse/256/2"}
     assert summary["matmul_flops_per_s"] > 0
     report = (tmp_path / "results.md").read_text()
     assert [line.split(" | ")[1] for line in report.splitlines() if line.startswith("| ours |")] \
