@@ -93,8 +93,8 @@ def _inputs(cfg, n, batch, seed=0):
     """`(batch, n)` token ids; example 0 is the same for every batch size."""
     import numpy as np
 
-    rows = [np.random.default_rng(seed + i).integers(5, cfg["vocab_size"], (n,)) for i in range(batch)]
-    return np.stack(rows).astype(np.int32)
+    rngs = [np.random.default_rng(seed + i) for i in range(batch)]
+    return np.stack([rng.integers(5, cfg["vocab_size"], (n,)) for rng in rngs]).astype(np.int32)
 
 
 def _forward_fn(job, cfg, checkpoint):
@@ -197,7 +197,8 @@ def _train_fn(job, cfg, checkpoint):
         with lenient():
             logits = model(x, params=p, train=True, dropout_rng=k1, indices_rng=k2).logits
             valid = labels != -100
-            nll = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.where(valid, labels, 0))
+            targets = jnp.where(valid, labels, 0)
+            nll = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
             # Each example's mean over its masked tokens (all have as many), then over the batch.
             return jnp.sum(jnp.where(valid, nll, 0.0)) / valid.sum()
 
@@ -350,16 +351,16 @@ def _markdown(rows, rate):
             f"| {impl} | {r['mode']} | {r['attention']} | {r['length']} | {r['batch']} | "
             f"{r['compile_s']:.1f} | {r['median_s']:.3f} | {per_example:.3f} | "
             f"{1e3 * per_example / r['length']:.3f} | {r['gflops']:.1f} | "
-            f"{100 * r['fraction_of_matmul']:.0f}% | {r['xla_temp_gb']:.2f} | {r['step_rss_gb']:.2f} |"
+            f"{100 * r['fraction_of_matmul']:.0f}% | {r['xla_temp_gb']:.2f} | "
+            f"{r['step_rss_gb']:.2f} |"
         )
     for other, label in (("hf", "HF"), ("baseline", "baseline")):
         ratios = _ratios(rows, other)
         if ratios:
             lines += ["", f"| mode | attention | tokens | batch | ours / {label} throughput |"]
             lines += ["|---|---|---|---|---|"]
-            lines += [
-                f"| {m} | {a} | {n} | {b} | {x:.2f}x |" for (m, a, n, b), x in sorted(ratios.items())
-            ]
+            lines += [f"| {' | '.join(map(str, key))} | {x:.2f}x |"
+                      for key, x in sorted(ratios.items())]
     lines += [
         "",
         "GFLOP/s use the FLOP model (performance.md section 4) for both implementations; training "

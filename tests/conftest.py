@@ -8,7 +8,8 @@ def _pin_xdist_worker():
     XLA sizes its thread pool from the process's CPU affinity, so without this every worker
     runs its programs on every core and the workers contend; pinned, n workers on n cores run
     side by side. Subprocesses a test starts inherit their worker's share."""
-    worker, count = os.environ.get("PYTEST_XDIST_WORKER"), os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    count = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
     if not (worker and count and hasattr(os, "sched_setaffinity")):
         return
     cpus = sorted(os.sched_getaffinity(0))
