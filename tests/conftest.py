@@ -38,9 +38,10 @@ jax.config.update("jax_numpy_dtype_promotion", "strict")
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
 
-# Under pytest-xdist (`--dist loadfile`) these files start first, the longest first (worker
-# seconds of a 2-core run: 846, 482, 284, 282, 275, 260, 260, 258, 249, 225), so that both
-# workers end together rather than one running a long file alone at the end.
+# Under pytest-xdist (`--dist loadfile --no-loadscope-reorder`, in pyproject.toml) these files
+# start first, the longest first (worker seconds of a 2-core run: 846, 482, 284, 282, 275, 260,
+# 260, 258, 249, 225), so that both workers end together rather than one running a long file
+# alone at the end.
 LONGEST_FIRST = (
     "test_main_job.py", "test_distributed.py", "test_hf_parity.py", "test_cli_train.py",
     "test_notebooks.py", "test_training.py", "test_heads.py", "test_sparse_attention.py",
