@@ -7,6 +7,36 @@ import jax
 import jax.numpy as jnp
 
 
+# GELU's own derivative rules: differentiated as written, each GELU leaves three activation-sized
+# residuals for the backward pass (under `scan` they are stacked over layers and written every
+# step); with the derivative given, one is left (the derivative at x). Values are jax.nn.gelu's.
+@jax.custom_jvp
+def _gelu_tanh(x):
+    return jax.nn.gelu(x, approximate=True)
+
+
+@_gelu_tanh.defjvp
+def _gelu_tanh_jvp(primals, tangents):
+    (x,), (dx,) = primals, tangents
+    c = math.sqrt(2.0 / math.pi)
+    t = jnp.tanh(c * (x + 0.044715 * x**3))
+    slope = 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * c * (1.0 + 3 * 0.044715 * x * x)
+    return _gelu_tanh(x), slope * dx
+
+
+@jax.custom_jvp
+def _gelu_erf(x):
+    return jax.nn.gelu(x, approximate=False)
+
+
+@_gelu_erf.defjvp
+def _gelu_erf_jvp(primals, tangents):
+    (x,), (dx,) = primals, tangents
+    cdf = 0.5 * jax.lax.erfc(-x * math.sqrt(0.5))
+    pdf = jnp.exp(-0.5 * x * x) / math.sqrt(2.0 * math.pi)
+    return _gelu_erf(x), (cdf + x * pdf) * dx
+
+
 def _gelu_fast(x):
     return 0.5 * x * (1.0 + jnp.tanh(x * 0.7978845608 * (1.0 + 0.044715 * x * x)))
 
@@ -23,13 +53,13 @@ def _mish(x):
 # Flax side. `gelu_new`, `gelu_pytorch_tanh`, `gelu_python_tanh` and `gelu_accurate` are all the
 # tanh approximation 0.5x(1 + tanh(sqrt(2/pi)(x + 0.044715x^3))).
 ACTIVATIONS: dict[str, Callable] = {
-    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
-    "gelu_python": lambda x: jax.nn.gelu(x, approximate=False),
-    "gelu_10": lambda x: jnp.clip(jax.nn.gelu(x, approximate=False), -10.0, 10.0),
-    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
-    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
-    "gelu_python_tanh": lambda x: jax.nn.gelu(x, approximate=True),
-    "gelu_accurate": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu": _gelu_erf,
+    "gelu_python": _gelu_erf,
+    "gelu_10": lambda x: jnp.clip(_gelu_erf(x), -10.0, 10.0),
+    "gelu_new": _gelu_tanh,
+    "gelu_pytorch_tanh": _gelu_tanh,
+    "gelu_python_tanh": _gelu_tanh,
+    "gelu_accurate": _gelu_tanh,
     "gelu_fast": _gelu_fast,
     "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),
     "laplace": _laplace,
