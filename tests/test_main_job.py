@@ -17,9 +17,10 @@ import pytest
 # vs 19.4%) and seed 3, the slowest measured, at +16.6 (31.6% vs 15.0%; validation 11.7% through
 # step 300, 30.5% at 600). These two seeds are tested; 10 points is five times the ~2-point
 # spread of a 500-example test split and 6.6 under the smallest measured margin, while a run on
-# the plateau scores ~0. Cost: the two runs side by side take 502 s of this 2-core machine
-# (656 s before `reuse_freed_memory`; one after the other ~750 s), well over the issue's ~2
-# minutes: shorter schedules leave the slow seeds on the plateau, so the steps stay. The margins
+# the plateau scores ~0. Cost: the two runs side by side take 267 s of this 2-core machine with
+# nothing else running (commit 4b23631; earlier code 502 s, and 656 s before
+# `reuse_freed_memory`), over the issue's ~2 minutes: shorter schedules leave the slow seeds on
+# the plateau, so the steps stay. `--junitxml` reports record each run's accuracies. The margins
 # hold for XLA's numerics with two CPUs (below); pinned to one CPU seed 3 ends at +5.8.
 STEPS = 600
 SEEDS = [0, 3]
