@@ -14,9 +14,9 @@ import argparse
 import json
 import os
 import sys
-import time
 
-from benchmarks.run import run_json
+from benchmarks.pegasus import LARGE
+from benchmarks.run import _timed, run_json
 
 FLAG = "--xla_cpu_experimental_ynn_fusion_type=individual_dot"
 
@@ -28,23 +28,16 @@ def _child(layers: int, tokens: int, reps: int) -> dict:
 
     import eqx_bigbird as eb
 
-    config = eb.BigBirdPegasusConfig(
-        vocab_size=96103, d_model=1024, encoder_layers=layers, decoder_layers=1,
-        encoder_attention_heads=16, decoder_attention_heads=16, encoder_ffn_dim=4096,
-        decoder_ffn_dim=4096, block_size=64, num_random_blocks=3,
-        max_position_embeddings=max(4096, tokens),
-    )
+    config = eb.BigBirdPegasusConfig(**dict(
+        LARGE, encoder_layers=layers, decoder_layers=1,
+        max_position_embeddings=max(LARGE["max_position_embeddings"], tokens),
+    ))
     model = eb.BigBirdPegasusForConditionalGeneration(config, key=jax.random.PRNGKey(0))
     ids = np.random.default_rng(0).integers(5, config.vocab_size, (tokens,)).astype(np.int32)
     params, static = eqx.partition(model, eqx.is_array)
     encode = jax.jit(lambda p, x: eqx.combine(p, static).model.encode(x, inference=True)[0])
-    encode(params, ids).block_until_ready()
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        encode(params, ids).block_until_ready()
-        times.append(time.perf_counter() - start)
-    return dict(median_s=float(np.median(times)))
+    median, _ = _timed(lambda: encode(params, ids), reps)
+    return dict(median_s=median)
 
 
 def main() -> None:
