@@ -9,8 +9,9 @@ Each implementation runs in a fresh subprocess (so peak memory does not mix), HF
 builds HF PyTorch's seeded random init, saves it with `save_pretrained` into a temporary folder
 and is measured on that model; ours then loads the folder with `from_pretrained`. Each measures,
 on the same random document:
-- the encoder forward (block-sparse): ours jit-compiled, HF's `model.get_encoder()` under
-  `torch.no_grad` with `--torch-threads` threads (default: every core);
+- the encoder forward (block-sparse): ours jit-compiled with `eqx_bigbird.jit_options()` (as
+  `generate` compiles), HF's `model.get_encoder()` under `torch.no_grad` with `--torch-threads`
+  threads (default: every core);
 - the whole summary: beam search with `--num-beams` beams, exactly `--new-tokens` new tokens
   (`min_length` bans eos before the last one), repeated trigrams banned
   (`--no-repeat-ngram-size`: a random model otherwise repeats one token, and the two token
@@ -134,7 +135,7 @@ def _ours(spec: dict, ids, generate_kwargs: dict) -> tuple[dict, list[int]]:
     out = {}
     for name, fn in (("encoder", encode), ("summary", summarize)):
         t0 = time.perf_counter()
-        compiled = jax.jit(fn).lower(params, ids).compile()
+        compiled = jax.jit(fn, **eb.jit_options()).lower(params, ids).compile()
         compile_s = time.perf_counter() - t0
         out[name], last = _measure(lambda: compiled(params, ids), spec["reps"])
         out[name]["compile_s"] = compile_s

@@ -4,6 +4,7 @@ from . import checkpointing, data, plotting, sharding, sparse_attention, trainin
 from ._allocator import reuse_freed_memory
 from ._attention import AbstractAttention, AttentionOutput, BlockSparseAttention, FullAttention
 from ._bert import from_bert
+from ._compile import jit_options
 from ._config import BigBirdConfig
 from ._export import save_pretrained
 from ._generate import generate, init_cache
@@ -167,6 +168,7 @@ __all__ = [
     "load_training_state",
     # process settings
     "reuse_freed_memory",
+    "jit_options",
     # submodules
     "checkpointing",
     "sparse_attention",

@@ -27,6 +27,7 @@ import jax.random as jr
 import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Float, Int, PRNGKeyArray
 
+from ._compile import at_top_level, jit_options
 from ._config import BigBirdConfig
 from ._generation_config import GenerationConfig, resolve
 from ._logits_process import Knobs, Processors
@@ -171,7 +172,6 @@ def _beam_search(plan: _Plan, knobs: _Knobs, model, shared, state, logits, ids):
     return jax.lax.while_loop(lambda c: c[-1], body, init)[3][0]
 
 
-@eqx.filter_jit
 def _run(plan: _Plan, knobs: _Knobs, model, input_ids, attention_mask, key, model_kwargs):
     shared, state, logits = model.prepare_decoding(
         input_ids, attention_mask, plan.max_new_tokens, **model_kwargs
@@ -181,6 +181,12 @@ def _run(plan: _Plan, knobs: _Knobs, model, input_ids, attention_mask, key, mode
     if plan.num_beams == 1:
         return _search(plan, knobs, model, shared, state, logits, ids, key)
     return _beam_search(plan, knobs, model, shared, state, logits, ids)
+
+
+@functools.cache
+def _compiled_run(outermost: bool):
+    # Lazily: the options need JAX's backend; and JAX takes them on the outermost jit only.
+    return eqx.filter_jit(_run, **(jit_options() if outermost else {}))
 
 
 def model_generation_config(model) -> GenerationConfig:
@@ -278,7 +284,8 @@ def generate(
     if mask.shape != input_ids.shape:
         raise ValueError(f"attention_mask {mask.shape} and input_ids {input_ids.shape} differ")
     key = key if gc.do_sample else None
-    return _run(plan, _knobs(plan, gc), model, input_ids, mask, key, model_kwargs)
+    run = _compiled_run(at_top_level())
+    return run(plan, _knobs(plan, gc), model, input_ids, mask, key, model_kwargs)
 
 
 def _plan(model, gc: GenerationConfig, shape, max_length_given: bool) -> _Plan:

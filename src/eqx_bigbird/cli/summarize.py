@@ -1,6 +1,7 @@
 """`eqx-bigbird summarize`: summaries of long documents with a BigBird-Pegasus checkpoint (an HF
 directory, a Hub repo id or our format) through `generate`, written as JSON lines."""
 
+import functools
 import json
 import os
 
@@ -9,7 +10,7 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from .. import BigBirdPegasusForConditionalGeneration, generate, load
+from .. import BigBirdPegasusForConditionalGeneration, generate, jit_options, load
 from .._generate import model_generation_config
 from .._io import atomic_write_text
 from .args import (
@@ -123,7 +124,7 @@ def summarize(args) -> int:
     # Bad options fail here, before any work.
     jax.eval_shape(lambda: generate(model, np.ones(1, np.int32), **options))
 
-    @eqx.filter_jit
+    @functools.partial(eqx.filter_jit, **jit_options())
     def run(model, ids, mask):
         return jax.vmap(lambda i, m: generate(model, i, attention_mask=m, **options))(ids, mask)
 
