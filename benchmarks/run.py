@@ -269,16 +269,18 @@ def child(job: Job, cfg: dict, checkpoint: str | None, reps: int) -> dict:
     )
 
 
-def matmul_rate(reps=5) -> float:
-    """Measured f32 GEMM rate (FLOP/s) of this machine: 4096x768 @ 768x3072, as the FFN does."""
+def matmul_rate(reps=5, shape=(4096, 768, 3072)) -> float:
+    """Measured f32 GEMM rate (FLOP/s) of this machine: `(m, k) @ (k, n)` for `shape = (m, k,
+    n)`; by default 4096x768 @ 768x3072, as bigbird-roberta-base's FFN at 4096 tokens does."""
     import jax
     import jax.numpy as jnp
 
-    a = jnp.ones((4096, 768), jnp.float32)
-    b = jnp.ones((768, 3072), jnp.float32)
+    m, k, n = shape
+    a = jnp.ones((m, k), jnp.float32)
+    b = jnp.ones((k, n), jnp.float32)
     f = jax.jit(lambda a, b: a @ b)
     median, _ = _timed(lambda: f(a, b), reps)
-    return 2 * 4096 * 768 * 3072 / median
+    return 2 * m * k * n / median
 
 
 # -- parent -----------------------------------------------------------------------------------------

@@ -50,7 +50,7 @@ def test_quick_pegasus_benchmark_writes_its_reports_and_agrees_with_hf(tmp_path)
     assert ours == hf and summary["same_tokens"] is True
     for row in rows.values():
         assert row["encoder"]["median_s"] > 0 and row["per_token_s"] > 0
-        assert row["peak_rss_gb"] > 0 and row["encoder_share"] > 0
+        assert row["peak_rss_gb"] > 0 and row["encoder_share"] > 0 and row["matmul_flops_per_s"] > 0
     assert rows["ours"]["summary"]["compile_s"] > 0
     assert set(summary["ratios"]) == {"encoder", "per_token", "summary"}
     assert "Same token ids from both: yes." in (tmp_path / "results.md").read_text()

@@ -174,33 +174,25 @@ def test_batches_through_vmap_match_pytorch_batched():
 # -- sampling -------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("temperature,top_p", [(0.7, 0.9), (1.6, 0.97)])
-def test_sampling_follows_hf_warped_distribution(temperature, top_p):
-    """The first sampled token over 4000 keys against HF's temperature -> top-k -> top-p
-    distribution: never outside its support, and a chi-square test at p > 1e-4 (fixed keys, so
-    the outcome is deterministic)."""
-    from scipy.stats import chi2
+def hf_warped_probs(logits, ids, temperature, top_k, top_p) -> np.ndarray:
+    """HF's temperature -> top-k -> top-p distribution of one row of next-token `logits`."""
     from transformers.generation import logits_process as lp
 
-    pt, model = sharp_decoder()
-    prompt = PROMPTS[1]
     with torch.no_grad():
-        logits = pt(torch.tensor(prompt[None])).logits[:, -1].float()
-        ids = torch.tensor(prompt[None])
         for warper in (
-            lp.TemperatureLogitsWarper(temperature), lp.TopKLogitsWarper(20),
+            lp.TemperatureLogitsWarper(temperature), lp.TopKLogitsWarper(top_k),
             lp.TopPLogitsWarper(top_p),
         ):
             logits = warper(ids, logits)
-        probs = torch.softmax(logits, -1)[0].numpy().astype(np.float64)
-    n = 4000
-    sample = jax.vmap(
-        lambda k: eb.generate(
-            model, prompt, max_new_tokens=1, do_sample=True, temperature=temperature, top_k=20,
-            top_p=top_p, key=k,
-        )[-1]
-    )
-    keys = jr.split(jr.PRNGKey(int(temperature * 10)), n)
+        return torch.softmax(logits, -1)[0].numpy().astype(np.float64)
+
+
+def assert_follows(sample, keys, probs):
+    """`sample(keys)` (one token per key) is key-determined, never outside `probs`' support, and
+    passes a chi-square test against `probs` at p > 1e-4 (fixed keys: a deterministic outcome)."""
+    from scipy.stats import chi2
+
+    n = keys.shape[0]
     tokens = np.asarray(sample(keys))
     np.testing.assert_array_equal(sample(keys), tokens)  # the key decides
     support = probs > 0
@@ -215,6 +207,24 @@ def test_sampling_follows_hf_warped_distribution(temperature, top_p):
     keep = expected > 0
     stat = float((((counts - expected) ** 2)[keep] / expected[keep]).sum())
     assert chi2.sf(stat, keep.sum() - 1) > 1e-4, (stat, keep.sum())
+
+
+@pytest.mark.parametrize("temperature,top_p", [(0.7, 0.9), (1.6, 0.97)])
+def test_sampling_follows_hf_warped_distribution(temperature, top_p):
+    """The first sampled token over 4000 keys against HF's temperature -> top-k -> top-p
+    distribution."""
+    pt, model = sharp_decoder()
+    prompt = PROMPTS[1]
+    with torch.no_grad():
+        logits = pt(torch.tensor(prompt[None])).logits[:, -1].float()
+    probs = hf_warped_probs(logits, torch.tensor(prompt[None]), temperature, 20, top_p)
+    sample = jax.vmap(
+        lambda k: eb.generate(
+            model, prompt, max_new_tokens=1, do_sample=True, temperature=temperature, top_k=20,
+            top_p=top_p, key=k,
+        )[-1]
+    )
+    assert_follows(sample, jr.split(jr.PRNGKey(int(temperature * 10)), 4000), probs)
     with pytest.raises(ValueError, match="key"):
         eb.generate(model, prompt, max_new_tokens=4, do_sample=True)
 

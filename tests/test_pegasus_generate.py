@@ -1,19 +1,21 @@
-"""`generate` on `BigBirdPegasusForConditionalGeneration` against HF PyTorch's `generate` (4.57)
-token for token: greedy and beam search (num_beams 4, no_repeat_ngram_size 3, length penalties
-0.8 and 2.0, early_stopping True and False), on a short document (the encoder falls back to full
+"""`generate` on `BigBirdPegasusForConditionalGeneration` against HF PyTorch's `generate` (4.57):
+greedy and beam search token for token (num_beams 4, no_repeat_ngram_size 3, length penalties 0.8
+and 2.0, early_stopping True and False), on a short document (the encoder falls back to full
 attention) and a long one (block-sparse encoder; eval mode, where HF's random blocks are block 0
-as ours in inference mode), and a padded batch through `jax.vmap`."""
+as ours in inference mode), a padded batch through `jax.vmap`; sampling by its distribution."""
 
 import functools
 
 import jax
 import jax.numpy as jnp
+import jax.random as jr
 import numpy as np
 import pytest
 
 import eqx_bigbird as eb
 
 from .pegasus_reference import _ROOT, FALLBACK_EDGE, build_model, reset_attention, torch
+from .test_generate import assert_follows, hf_warped_probs
 from .test_pegasus_decoding import _varied
 
 EOS, PAD = 1, 0
@@ -131,6 +133,25 @@ def test_the_cases_are_not_trivial():
 
     assert differ("lp0.8-esFalse", "lp2.0-esFalse")
     assert differ("lp2.0-esTrue", "lp2.0-esFalse")
+
+
+def test_sampling_follows_hf_warped_distribution():
+    """The first sampled summary token over 4000 keys (block-sparse encoder) against HF's
+    temperature -> top-k -> top-p distribution of its first decoder logits."""
+    pt, model = sharp_summarizer()
+    reset_attention(pt)
+    doc = documents(LONG)[0]
+    start = torch.tensor([[pt.config.decoder_start_token_id]])
+    with torch.no_grad():
+        logits = pt(torch.tensor(doc[None]), decoder_input_ids=start).logits[:, -1].float()
+    probs = hf_warped_probs(logits, start, temperature=1.3, top_k=30, top_p=0.95)
+    sample = jax.vmap(
+        lambda k: eb.generate(
+            model, doc, max_new_tokens=1, do_sample=True, temperature=1.3, top_k=30, top_p=0.95,
+            forced_eos_token_id=None, key=k,  # HF's would force eos at the one new position
+        )[-1]
+    )
+    assert_follows(sample, jr.split(jr.PRNGKey(3), 4000), probs)
 
 
 def test_padded_batch_through_vmap_matches_pytorch_batched():
