@@ -166,7 +166,7 @@ __all__ = [
     # training-state checkpoints (Orbax)
     "Checkpointer",
     "load_training_state",
-    # process settings
+    # process and compiler settings
     "reuse_freed_memory",
     "jit_options",
     # submodules
