@@ -29,7 +29,7 @@ def _supported() -> bool:
 def jit_options() -> dict:
     """Keyword arguments for `jax.jit` / `eqx.filter_jit` that `generate` compiles with: on
     XLA:CPU, every dot its own YNNPACK call, so no LayerNorm is fused into it (2-4x faster
-    projections after a LayerNorm; the BigBird-Pegasus encoder at 4096 tokens 1.43x); elsewhere,
+    projections after a LayerNorm; the BigBird-Pegasus encoder at 4096 tokens 1.3-1.4x); elsewhere,
     or where this jaxlib lacks the option, `{}`. JAX takes compiler options on the outermost jit
     only: pass them to your own jit of a BigBird-Pegasus forward, or of a function that calls
     `generate` (under `jax.vmap`, say): `eqx.filter_jit(fn, **eqx_bigbird.jit_options())`. The
