@@ -41,6 +41,8 @@ import os
 import sys
 import tempfile
 
+from eqx_bigbird._io import atomic_savefig, atomic_write_text
+
 from .run import (
     _inputs,
     _malloc_trim,
@@ -285,7 +287,7 @@ def _plot(summary: dict, path: str) -> None:
     fig.suptitle(f"BigBird-Pegasus, {summary['num_beams']}-beam search, CPU float32 (lower is "
                  "better)", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    atomic_savefig(fig, path, dpi=120)
     plt.close(fig)
 
 
@@ -352,11 +354,9 @@ def main(argv=None):
         memory_estimate_gb=estimate, rows=rows, ratios=_ratios(rows),
         same_tokens=None if None in tokens else tokens[0] == tokens[1],
     )
-    with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump(summary, f, indent=2)
+    atomic_write_text(os.path.join(args.out, "results.json"), json.dumps(summary, indent=2))
     text = _markdown(summary)
-    with open(os.path.join(args.out, "results.md"), "w") as f:
-        f.write(text)
+    atomic_write_text(os.path.join(args.out, "results.md"), text)
     _plot(summary, os.path.join(args.out, "results.png"))
     print(text)
     return 0

@@ -20,6 +20,8 @@ import time
 
 from tqdm.auto import tqdm
 
+from eqx_bigbird._io import atomic_savefig, atomic_write_text
+
 
 def _run_seed(seed: int, out: str, extra: list[str]) -> dict:
     folder = os.path.join(out, f"seed-{seed}")
@@ -78,7 +80,7 @@ def _plot(rows: list[dict], path: str) -> None:
            title="eqx-bigbird train: every seed (dotted: its majority baseline)")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    atomic_savefig(fig, path, dpi=110)
     plt.close(fig)
 
 
@@ -98,10 +100,9 @@ def main(argv=None) -> int:
         tqdm.write(f"seed {seed}: test {rows[-1]['test_accuracy']:.1%} (majority "
                    f"{rows[-1]['majority_baseline']:.1%}), {rows[-1]['minutes']:.1f} min")
     table = _table(rows, command)
-    with open(os.path.join(args.out, "summary.md"), "w", encoding="utf-8") as f:
-        f.write(table)
-    with open(os.path.join(args.out, "summary.json"), "w", encoding="utf-8") as f:
-        json.dump({"command": command, "seeds": rows}, f, indent=1)
+    atomic_write_text(os.path.join(args.out, "summary.md"), table)
+    atomic_write_text(os.path.join(args.out, "summary.json"),
+                      json.dumps({"command": command, "seeds": rows}, indent=1))
     _plot(rows, os.path.join(args.out, "seeds.png"))
     print(table)
     return 0

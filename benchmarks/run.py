@@ -5,10 +5,11 @@
     python -m benchmarks.run --batch 1 4     # batches: ours through jax.vmap, HF batched natively
 
 Every measurement runs in a fresh subprocess (so peak memory does not mix) and reports compile
-time, the median of `--reps` steady-state runs after a warm-up, and peak resident memory. The
-parent also measures the machine's f32 matmul rate, turns times into achieved FLOP/s with the FLOP
-model of `shared/reference/performance.md` section 4, and writes results.json, results.md and
-results.png into `--out`.
+time, the median of `--reps` steady-state runs after a warm-up, peak resident memory and, right
+after its steps, the f32 matmul rate at the model's FFN shape (tokens x hidden @ hidden x
+intermediate) in the same process: that row's yardstick for its achieved FLOP/s (FLOP model of
+`shared/reference/performance.md` section 4), so a machine whose speed drifts during a long run
+does not bias one row against another. results.json, results.md and results.png go into `--out`.
 """
 
 import argparse
@@ -20,6 +21,9 @@ import subprocess
 import sys
 import tempfile
 import time
+
+from eqx_bigbird._allocator import ENVIRONMENT as ALLOCATOR_ENVIRONMENT
+from eqx_bigbird._io import atomic_savefig, atomic_write_text
 
 BASE = dict(
     vocab_size=50358, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
@@ -138,11 +142,12 @@ def _forward_fn(job, cfg, checkpoint):
     return forward, (model.params, ids)
 
 
-def _train_fn(job, cfg, checkpoint):
-    """(function, args) of one masked-LM training step's value_and_grad over `job.batch`
-    examples (the mean loss): 15% of the tokens masked, dropout on, random attention on. Ours
-    maps the one-example loss with `jax.vmap` and computes logits only at the masked positions;
-    HF runs its batch dimension and has no such option (logits everywhere)."""
+def _train_fn(job, cfg, checkpoint, optimizer=True):
+    """(step, args) of one masked-LM training step (`_with_adamw`; `value_and_grad` alone
+    without `optimizer`) over `job.batch` examples (the mean loss): 15% of the tokens masked,
+    dropout on, random attention on. Ours maps the one-example loss with `jax.vmap` and computes
+    logits only at the masked positions; HF runs its batch dimension and has no such option
+    (logits everywhere)."""
     import jax
     import jax.numpy as jnp
     import jax.random as jr
@@ -178,13 +183,24 @@ def _train_fn(job, cfg, checkpoint):
 
             return jax.vmap(one)(x, pos, labels, jr.split(key, batch)).mean()
 
-        args = (params, jnp.asarray(ids), jnp.asarray(positions), jr.PRNGKey(1))
-        return jax.value_and_grad(loss), args
+        inputs = (jnp.asarray(ids), jnp.asarray(positions), jr.PRNGKey(1))
+    else:
+        params, inputs, loss = _hf_mlm_loss(cfg, checkpoint, overrides, ids, positions)
+    if not optimizer:
+        return jax.value_and_grad(loss), (params, *inputs)
+    return _with_adamw(jax.value_and_grad(loss), params, *inputs)
+
+
+def _hf_mlm_loss(cfg, checkpoint, overrides, ids, positions):
+    import jax.numpy as jnp
+    import jax.random as jr
+    import numpy as np
     import optax
     import transformers
 
     from .hf import lenient
 
+    batch, n = ids.shape
     with lenient():
         config = transformers.BigBirdConfig(**cfg, **overrides)
         model = transformers.FlaxBigBirdForMaskedLM.from_pretrained(checkpoint, config=config)
@@ -202,7 +218,23 @@ def _train_fn(job, cfg, checkpoint):
             # Each example's mean over its masked tokens (all have as many), then over the batch.
             return jnp.sum(jnp.where(valid, nll, 0.0)) / valid.sum()
 
-    return jax.value_and_grad(loss), (model.params, jnp.asarray(ids), jr.PRNGKey(1))
+    return model.params, (jnp.asarray(ids), jr.PRNGKey(1)), loss
+
+
+def _with_adamw(value_and_grad, params, *inputs):
+    """(step, args) of a whole training step, as users train: the loss and gradients, then
+    AdamW's update. `step(params, opt_state, *inputs) -> (loss, params, opt_state)`; the child
+    donates the first two and carries them from step to step."""
+    import optax
+
+    optimizer = optax.adamw(1e-5, weight_decay=0.01)
+
+    def step(params, opt_state, *inputs):
+        loss, grads = value_and_grad(params, *inputs)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return loss, optax.apply_updates(params, updates), opt_state
+
+    return step, (params, optimizer.init(params), *inputs)
 
 
 def _malloc_trim():
@@ -248,16 +280,25 @@ def child(job: Job, cfg: dict, checkpoint: str | None, reps: int) -> dict:
     import jax
 
     fn, args = (_forward_fn if job.mode == "forward" else _train_fn)(job, cfg, checkpoint)
+    train = job.mode == "train"
     t0 = time.perf_counter()
-    compiled = jax.jit(fn).lower(*args).compile()
+    # A training step donates its parameters and optimizer state and returns the new ones.
+    compiled = jax.jit(fn, donate_argnums=(0, 1) if train else ()).lower(*args).compile()
     compile_s = time.perf_counter() - t0
+    state = list(args)
+
+    def call():
+        if not train:
+            return compiled(*state)
+        loss, state[0], state[1] = compiled(*state)
+        return loss
     # Hand the compiler's freed heap back to the OS before stepping: HF's training step needs
     # ~22 GB of the machine's 24 GB and was killed for memory without this.
     gc.collect()
     _malloc_trim()
     before = _rss_gb()
     with _RssSampler() as rss:
-        median, times = _timed(lambda: compiled(*args), reps)
+        median, times = _timed(call, reps)
     memory = compiled.memory_analysis()
     return dict(
         compile_s=compile_s, median_s=median, times_s=times,
@@ -266,6 +307,9 @@ def child(job: Job, cfg: dict, checkpoint: str | None, reps: int) -> dict:
         # Process memory while stepping: the model and inputs plus the step's buffers.
         step_rss_gb=rss.peak, step_rss_above_start_gb=rss.peak - before,
         peak_rss_gb=_peak_rss_gb(),
+        matmul_flops_per_s=matmul_rate(
+            shape=(job.length, cfg["hidden_size"], cfg["intermediate_size"])
+        ),
     )
 
 
@@ -283,7 +327,7 @@ def matmul_rate(reps=5, shape=(4096, 768, 3072)) -> float:
     return 2 * m * k * n / median
 
 
-# -- parent -----------------------------------------------------------------------------------------
+# -- parent ---------------------------------------------------------------------------------------
 
 
 def _make_checkpoint(cfg: dict, folder: str) -> str | None:
@@ -304,11 +348,15 @@ def _make_checkpoint(cfg: dict, folder: str) -> str | None:
     return folder
 
 
-def _run_child(job, cfg, checkpoint, reps, timeout, baseline_src=None):
+def _run_child(job, cfg, checkpoint, reps, timeout, baseline_src=None, allocator="reuse"):
     cmd = [sys.executable, "-m", "benchmarks.run", "--child", json.dumps(
         dict(job=dataclasses.asdict(job), cfg=cfg, checkpoint=checkpoint, reps=reps)
     )]
     env = dict(os.environ)
+    if allocator == "reuse":
+        # What `eqx-bigbird` commands set with `reuse_freed_memory()`, given to every
+        # implementation alike through glibc's environment variables.
+        env.update(ALLOCATOR_ENVIRONMENT)
     if job.impl == "baseline":
         # Imported ahead of the installed package: the same harness times another version.
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [baseline_src, env.get("PYTHONPATH")]))
@@ -327,25 +375,25 @@ def run_json(cmd: list[str], timeout: float, env: dict | None = None) -> dict:
     if out.returncode < 0:  # killed by a signal: SIGKILL here is almost always the OOM killer
         return dict(error=f"killed by signal {-out.returncode} (out of memory?)")
     if out.returncode != 0:
-        lines = [l for l in out.stderr.strip().splitlines() if "Error" in l or "error" in l]
+        lines = [x for x in out.stderr.strip().splitlines() if "Error" in x or "error" in x]
         return dict(error=(lines or out.stderr.strip().splitlines() or ["?"])[-1][:300])
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def _markdown(rows, rate):
+def _markdown(rows, allocator):
     lines = [
-        f"Machine f32 matmul rate: {rate / 1e9:.1f} GFLOP/s",
+        f"glibc allocator: {allocator} (`--allocator`)",
         "",
         "| impl | mode | attention | tokens | batch | compile s | median s | s/example | ms/token "
-        "| GFLOP/s | % matmul | XLA temp GB | RSS while stepping GB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| GFLOP/s | matmul GFLOP/s | % matmul | XLA temp GB | RSS while stepping GB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         impl = r["impl"] + (f" (remat {r['remat']})" if r.get("remat") else "")
         if "error" in r:
             lines.append(
                 f"| {impl} | {r['mode']} | {r['attention']} | {r['length']} | {r['batch']} | "
-                f"{r['error']} | | | | | | | |"
+                f"{r['error']} | | | | | | | | |"
             )
             continue
         per_example = r["median_s"] / r["batch"]
@@ -353,7 +401,8 @@ def _markdown(rows, rate):
             f"| {impl} | {r['mode']} | {r['attention']} | {r['length']} | {r['batch']} | "
             f"{r['compile_s']:.1f} | {r['median_s']:.3f} | {per_example:.3f} | "
             f"{1e3 * per_example / r['length']:.3f} | {r['gflops']:.1f} | "
-            f"{100 * r['fraction_of_matmul']:.0f}% | {r['xla_temp_gb']:.2f} | "
+            f"{r['matmul_flops_per_s'] / 1e9:.1f} | {100 * r['fraction_of_matmul']:.0f}% | "
+            f"{r['xla_temp_gb']:.2f} | "
             f"{r['step_rss_gb']:.2f} |"
         )
     for other, label in (("hf", "HF"), ("baseline", "baseline")):
@@ -366,7 +415,9 @@ def _markdown(rows, rate):
     lines += [
         "",
         "GFLOP/s use the FLOP model (performance.md section 4) for both implementations; training "
-        "counts the MLM head at the 15% masked positions only (HF computes it at every position).",
+        "counts the MLM head at the 15% masked positions only (HF computes it at every position). "
+        "% matmul is against the f32 GEMM rate at the FFN shape measured in the row's own process "
+        "right after its steps (matmul GFLOP/s).",
     ]
     return "\n".join(lines) + "\n"
 
@@ -415,13 +466,15 @@ def _plot(rows, path):
     ax.grid(True, alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    atomic_savefig(fig, path, dpi=120)
     plt.close(fig)
     return True
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--quick", action="store_true", help="small dims, two lengths, two reps")
     p.add_argument("--out", default="benchmark-results")
     p.add_argument("--lengths", type=int, nargs="*")
@@ -439,6 +492,10 @@ def main(argv=None):
     p.add_argument("--batch", type=int, nargs="*", default=[1],
                    help="batch sizes (ours: jax.vmap over examples; HF: its batch dimension)")
     p.add_argument("--reps", type=int)
+    p.add_argument("--allocator", choices=["reuse", "default"], default="reuse",
+                   help="glibc's allocator in every measured process: 'reuse' keeps freed "
+                   "buffers for the next ones, as `eqx_bigbird.reuse_freed_memory()` and every "
+                   "eqx-bigbird command set it (default); 'default' maps every large buffer afresh")
     p.add_argument("--timeout", type=int, default=3600, help="seconds per measurement")
     p.add_argument("--max-position-embeddings", type=int,
                    help="position table size (default 16384; raise it for longer lengths)")
@@ -453,8 +510,7 @@ def main(argv=None):
         return 0
     if args.setup:
         spec = json.loads(args.setup)
-        rate = matmul_rate()
-        print(json.dumps(dict(rate=rate, checkpoint=_make_checkpoint(spec["cfg"], spec["folder"]))))
+        print(json.dumps(dict(checkpoint=_make_checkpoint(spec["cfg"], spec["folder"]))))
         return 0
 
     cfg = dict(QUICK if args.quick else BASE)
@@ -468,15 +524,15 @@ def main(argv=None):
     if "baseline" in impls and not args.baseline_src:
         p.error("--impls baseline needs --baseline-src DIR")
     with tempfile.TemporaryDirectory() as tmp:
-        # The parent stays light (no jax): the rate and the checkpoint come from a subprocess,
-        # so nothing it holds competes with the measured children for memory.
+        # The parent stays light (no jax): the checkpoint comes from a subprocess, so nothing
+        # it holds competes with the measured children for memory.
         setup = subprocess.run(
-            [sys.executable, "-m", "benchmarks.run", "--setup", json.dumps(dict(cfg=cfg, folder=tmp))],
+            [sys.executable, "-m", "benchmarks.run", "--setup",
+             json.dumps(dict(cfg=cfg, folder=tmp))],
             capture_output=True, text=True, check=True,
         )
         setup = json.loads(setup.stdout.strip().splitlines()[-1])
-        rate, checkpoint = setup["rate"], setup["checkpoint"]
-        print(f"f32 matmul rate: {rate / 1e9:.1f} GFLOP/s", flush=True)
+        checkpoint = setup["checkpoint"]
         if checkpoint is None and "hf" in impls:
             print("transformers/flax not installed: measuring eqx-bigbird only", flush=True)
             impls.remove("hf")
@@ -500,7 +556,8 @@ def main(argv=None):
         rows = []
         for i, job in enumerate(jobs, 1):
             print(f"[{i}/{len(jobs)}] {job}", flush=True)
-            result = _run_child(job, cfg, checkpoint, reps, args.timeout, args.baseline_src)
+            result = _run_child(job, cfg, checkpoint, reps, args.timeout, args.baseline_src,
+                                args.allocator)
             row = {**dataclasses.asdict(job), **result}
             if "error" not in row:
                 flops = (
@@ -510,20 +567,18 @@ def main(argv=None):
                 )
                 flops *= job.batch
                 row["gflops"] = flops / row["median_s"] / 1e9
-                row["fraction_of_matmul"] = flops / row["median_s"] / rate
+                row["fraction_of_matmul"] = flops / row["median_s"] / row["matmul_flops_per_s"]
             print("   ", {k: v for k, v in row.items() if k != "times_s"}, flush=True)
             rows.append(row)
-    summary = dict(config=cfg, matmul_flops_per_s=rate, rows=rows,
+    summary = dict(config=cfg, allocator=args.allocator, rows=rows,
                    ratios={"/".join(map(str, k)): v for k, v in _ratios(rows).items()},
                    ratios_to_baseline={
                        "/".join(map(str, k)): v for k, v in _ratios(rows, "baseline").items()
                    })
-    with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump(summary, f, indent=2)
-    with open(os.path.join(args.out, "results.md"), "w") as f:
-        f.write(_markdown(rows, rate))
+    atomic_write_text(os.path.join(args.out, "results.json"), json.dumps(summary, indent=2))
+    atomic_write_text(os.path.join(args.out, "results.md"), _markdown(rows, args.allocator))
     _plot(rows, os.path.join(args.out, "results.png"))
-    print(_markdown(rows, rate))
+    print(_markdown(rows, args.allocator))
     return 0
 
 

@@ -31,6 +31,7 @@ from jax.sharding import PartitionSpec as P  # noqa: E402
 
 import eqx_bigbird as eb  # noqa: E402
 from eqx_bigbird import sparse_attention as sa  # noqa: E402
+from eqx_bigbird._io import atomic_write_text  # noqa: E402
 from eqx_bigbird.training import TrainState, make_train_step  # noqa: E402
 
 MiB = 2**20
@@ -195,8 +196,7 @@ def main():
         print(json.dumps(row), flush=True)
         results["attention"].append(row)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(results, f, indent=1)
+    atomic_write_text(args.out, json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":

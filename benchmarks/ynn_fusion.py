@@ -51,7 +51,8 @@ def _child(workload: str, layers: int, tokens: int, reps: int, setting: str) -> 
     if workload == "encoder":
         fn, args = _encoder(layers, tokens)
     else:
-        fn, args = _train_fn(Job("ours", "train", "block_sparse", tokens), BASE, None)
+        fn, args = _train_fn(Job("ours", "train", "block_sparse", tokens), BASE, None,
+                             optimizer=False)  # the gradient computation alone
     options = eb.jit_options() if setting == "jit_options" else {}
     if setting == "jit_options" and not options:
         raise SystemExit("jit_options() is empty: not XLA:CPU, or this jaxlib lacks the option")

@@ -1,5 +1,6 @@
 """`reuse_freed_memory`: large buffers stop costing a fresh, kernel-zeroed mapping each time."""
 
+import os
 import subprocess
 import sys
 
@@ -33,3 +34,18 @@ def test_freed_buffers_are_reused_not_mapped_again():
     assert applied
     assert default >= 20 * 16  # at least one fault per 2 MB huge page of every buffer
     assert reused < default / 10, (default, reused)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's environment variables")
+def test_the_environment_form_sets_the_same_at_process_start():
+    # The benchmarks start every implementation they time with these variables.
+    from eqx_bigbird._allocator import ENVIRONMENT
+
+    script = CHURN.split("default = ")[0] + "faults_of_churn()\nprint(faults_of_churn())\n"
+    plain, reused = (
+        int(subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                           check=True, env={**os.environ, **extra}).stdout)
+        for extra in ({}, ENVIRONMENT)
+    )
+    assert plain >= 20 * 16
+    assert reused < plain / 10, (plain, reused)

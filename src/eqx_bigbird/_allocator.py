@@ -6,6 +6,15 @@ import ctypes.util
 # glibc's mallopt parameters (malloc.h).
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
 _INT_MAX = 2**31 - 1
+# (mallopt parameter, value, the environment variable glibc reads for it at process start)
+_SETTINGS = (
+    (_M_MMAP_THRESHOLD, _INT_MAX, "MALLOC_MMAP_THRESHOLD_"),
+    (_M_TRIM_THRESHOLD, _INT_MAX, "MALLOC_TRIM_THRESHOLD_"),
+    (_M_TOP_PAD, 64 << 20, "MALLOC_TOP_PAD_"),
+)
+# The same setting for a child process, applied by glibc before any code runs (the benchmarks
+# start every implementation they time with it, ours and the references alike).
+ENVIRONMENT = {name: str(value) for _, value, name in _SETTINGS}
 
 
 def reuse_freed_memory() -> bool:
@@ -18,7 +27,8 @@ def reuse_freed_memory() -> bool:
     memory stays in the process for reuse: peak RSS barely moves, but memory is not given back
     to the system until exit. `eqx-bigbird` commands call it at start (the library never does on
     import); in your own process call it once, before the first large computation. The shell
-    equivalent: `MALLOC_MMAP_THRESHOLD_=2147483647 MALLOC_TRIM_THRESHOLD_=2147483647`.
+    equivalent: `MALLOC_MMAP_THRESHOLD_=2147483647 MALLOC_TRIM_THRESHOLD_=2147483647
+    MALLOC_TOP_PAD_=67108864`.
 
     **Returns:** whether the setting was applied (False where the C library is not glibc).
     """
@@ -27,8 +37,6 @@ def reuse_freed_memory() -> bool:
         mallopt = libc.mallopt
     except (OSError, AttributeError):
         return False
-    settings = (
-        (_M_MMAP_THRESHOLD, _INT_MAX), (_M_TRIM_THRESHOLD, _INT_MAX), (_M_TOP_PAD, 64 << 20),
-    )
-    applied = [mallopt(param, value) == 1 for param, value in settings]  # each, even if one fails
+    # Each is tried, even if one fails.
+    applied = [mallopt(param, value) == 1 for param, value, _ in _SETTINGS]
     return all(applied)
