@@ -142,12 +142,13 @@ def _forward_fn(job, cfg, checkpoint):
     return forward, (model.params, ids)
 
 
-def _train_fn(job, cfg, checkpoint, optimizer=True):
+def _train_fn(job, cfg, checkpoint, optimizer=True, prng="threefry2x32"):
     """(step, args) of one masked-LM training step (`_with_adamw`; `value_and_grad` alone
     without `optimizer`) over `job.batch` examples (the mean loss): 15% of the tokens masked,
     dropout on, random attention on. Ours maps the one-example loss with `jax.vmap` and computes
     logits only at the masked positions; HF runs its batch dimension and has no such option
-    (logits everywhere)."""
+    (logits everywhere). Dropout masks and random plans come from a key of JAX's `prng`
+    implementation, on both sides."""
     import jax
     import jax.numpy as jnp
     import jax.random as jr
@@ -160,6 +161,7 @@ def _train_fn(job, cfg, checkpoint, optimizer=True):
         np.sort(rng.choice(n, size=max(1, round(0.15 * n)), replace=False)) for _ in range(batch)
     ]).astype(np.int32)
     overrides = {"attention_type": job.attention}
+    key = jr.key(1, impl=prng)
     if job.impl in OURS:
         import equinox as eqx
 
@@ -183,15 +185,15 @@ def _train_fn(job, cfg, checkpoint, optimizer=True):
 
             return jax.vmap(one)(x, pos, labels, jr.split(key, batch)).mean()
 
-        inputs = (jnp.asarray(ids), jnp.asarray(positions), jr.PRNGKey(1))
+        inputs = (jnp.asarray(ids), jnp.asarray(positions), key)
     else:
-        params, inputs, loss = _hf_mlm_loss(cfg, checkpoint, overrides, ids, positions)
+        params, inputs, loss = _hf_mlm_loss(cfg, checkpoint, overrides, ids, positions, key)
     if not optimizer:
         return jax.value_and_grad(loss), (params, *inputs)
     return _with_adamw(jax.value_and_grad(loss), params, *inputs)
 
 
-def _hf_mlm_loss(cfg, checkpoint, overrides, ids, positions):
+def _hf_mlm_loss(cfg, checkpoint, overrides, ids, positions, key):
     import jax.numpy as jnp
     import jax.random as jr
     import numpy as np
@@ -218,7 +220,7 @@ def _hf_mlm_loss(cfg, checkpoint, overrides, ids, positions):
             # Each example's mean over its masked tokens (all have as many), then over the batch.
             return jnp.sum(jnp.where(valid, nll, 0.0)) / valid.sum()
 
-    return model.params, (jnp.asarray(ids), jr.PRNGKey(1)), loss
+    return model.params, (jnp.asarray(ids), key), loss
 
 
 def _with_adamw(value_and_grad, params, *inputs):
@@ -274,12 +276,15 @@ class _RssSampler:
         self._thread.join()
 
 
-def child(job: Job, cfg: dict, checkpoint: str | None, reps: int) -> dict:
+def child(job: Job, cfg: dict, checkpoint: str | None, reps: int, prng: str) -> dict:
     import gc
 
     import jax
 
-    fn, args = (_forward_fn if job.mode == "forward" else _train_fn)(job, cfg, checkpoint)
+    if job.mode == "forward":
+        fn, args = _forward_fn(job, cfg, checkpoint)
+    else:
+        fn, args = _train_fn(job, cfg, checkpoint, prng=prng)
     train = job.mode == "train"
     t0 = time.perf_counter()
     # A training step donates its parameters and optimizer state and returns the new ones.
@@ -348,9 +353,9 @@ def _make_checkpoint(cfg: dict, folder: str) -> str | None:
     return folder
 
 
-def _run_child(job, cfg, checkpoint, reps, timeout, baseline_src=None, allocator="reuse"):
+def _run_child(job, cfg, checkpoint, reps, timeout, baseline_src, allocator, prng):
     cmd = [sys.executable, "-m", "benchmarks.run", "--child", json.dumps(
-        dict(job=dataclasses.asdict(job), cfg=cfg, checkpoint=checkpoint, reps=reps)
+        dict(job=dataclasses.asdict(job), cfg=cfg, checkpoint=checkpoint, reps=reps, prng=prng)
     )]
     env = dict(os.environ)
     if allocator == "reuse":
@@ -380,9 +385,9 @@ def run_json(cmd: list[str], timeout: float, env: dict | None = None) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def _markdown(rows, allocator):
+def _markdown(rows, allocator, prng):
     lines = [
-        f"glibc allocator: {allocator} (`--allocator`)",
+        f"glibc allocator: {allocator} (`--allocator`); training keys: {prng} (`--prng`)",
         "",
         "| impl | mode | attention | tokens | batch | compile s | median s | s/example | ms/token "
         "| GFLOP/s | matmul GFLOP/s | % matmul | XLA temp GB | RSS while stepping GB |",
@@ -496,6 +501,9 @@ def main(argv=None):
                    help="glibc's allocator in every measured process: 'reuse' keeps freed "
                    "buffers for the next ones, as `eqx_bigbird.reuse_freed_memory()` and every "
                    "eqx-bigbird command set it (default); 'default' maps every large buffer afresh")
+    p.add_argument("--prng", choices=["threefry2x32", "rbg", "unsafe_rbg"], default="threefry2x32",
+                   help="JAX PRNG implementation of the training step's key (dropout masks, "
+                   "random plans), both implementations (default threefry2x32, JAX's default)")
     p.add_argument("--timeout", type=int, default=3600, help="seconds per measurement")
     p.add_argument("--max-position-embeddings", type=int,
                    help="position table size (default 16384; raise it for longer lengths)")
@@ -505,7 +513,8 @@ def main(argv=None):
 
     if args.child:
         spec = json.loads(args.child)
-        result = child(Job(**spec["job"]), spec["cfg"], spec["checkpoint"], spec["reps"])
+        result = child(Job(**spec["job"]), spec["cfg"], spec["checkpoint"], spec["reps"],
+                       spec["prng"])
         print(json.dumps(result))
         return 0
     if args.setup:
@@ -557,7 +566,7 @@ def main(argv=None):
         for i, job in enumerate(jobs, 1):
             print(f"[{i}/{len(jobs)}] {job}", flush=True)
             result = _run_child(job, cfg, checkpoint, reps, args.timeout, args.baseline_src,
-                                args.allocator)
+                                args.allocator, args.prng)
             row = {**dataclasses.asdict(job), **result}
             if "error" not in row:
                 flops = (
@@ -570,15 +579,16 @@ def main(argv=None):
                 row["fraction_of_matmul"] = flops / row["median_s"] / row["matmul_flops_per_s"]
             print("   ", {k: v for k, v in row.items() if k != "times_s"}, flush=True)
             rows.append(row)
-    summary = dict(config=cfg, allocator=args.allocator, rows=rows,
+    summary = dict(config=cfg, allocator=args.allocator, prng=args.prng, rows=rows,
                    ratios={"/".join(map(str, k)): v for k, v in _ratios(rows).items()},
                    ratios_to_baseline={
                        "/".join(map(str, k)): v for k, v in _ratios(rows, "baseline").items()
                    })
     atomic_write_text(os.path.join(args.out, "results.json"), json.dumps(summary, indent=2))
-    atomic_write_text(os.path.join(args.out, "results.md"), _markdown(rows, args.allocator))
+    report = _markdown(rows, args.allocator, args.prng)
+    atomic_write_text(os.path.join(args.out, "results.md"), report)
     _plot(rows, os.path.join(args.out, "results.png"))
-    print(_markdown(rows, args.allocator))
+    print(report)
     return 0
 
 

@@ -89,6 +89,27 @@ def test_inference_mode_and_keys():
     np.testing.assert_array_equal(train(ids, mask, inference=True).last_hidden_state, d)
 
 
+@pytest.mark.parametrize("impl", ["threefry2x32", "rbg", "unsafe_rbg"])
+def test_training_takes_a_key_of_any_prng_implementation(impl):
+    """`key=jr.key(seed, impl="rbg")` is the cheaper-dropout option (README): dropout masks and
+    random plans draw from it as from the default key, under jit and vmap."""
+    model = eb.BigBirdModel(CONFIG, key=jr.PRNGKey(0))
+    ids, mask = ids_and_mask(40, batch=2)  # block-sparse: a random plan per layer
+    run = eqx.filter_jit(
+        lambda m, i, a, k: jax.vmap(lambda i, a, k: m(i, a, key=k).last_hidden_state)(i, a, k)
+    )
+    keys = jr.split(jr.key(1, impl=impl), 2)
+    a = run(model, ids, mask, keys)
+    np.testing.assert_array_equal(a, run(model, ids, mask, keys))  # a function of the key
+    assert np.isfinite(a).all() and not np.allclose(a[0], a[1])
+    other = run(model, ids, mask, jr.split(jr.key(2, impl=impl), 2))
+    assert not np.allclose(a, other)
+    np.testing.assert_allclose(  # inference ignores the key, whatever its kind
+        model(ids[0], mask[0], inference=True).last_hidden_state,
+        model(ids[0], mask[0], key=keys[0], inference=True).last_hidden_state,
+    )
+
+
 def test_random_attention_only_in_training():
     """Dropout off: training still differs from inference, through the random plan alone."""
     cfg = CONFIG.replace(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
