@@ -64,9 +64,9 @@ SIZES = {
     "small": (128, 4, 4),
     "base": (768, 12, 12),
 }
-# The default run fits ~10 minutes of a 2-core CPU. At LRA's 2000 tokens a tiny model sees too
-# few examples in that time to leave the majority-class plateau (measured: still at the baseline
-# after 600 steps of 8); at 512 tokens it sees 16,000. `--seq-len 2000` gives LRA's lengths.
+# The default run fits ~10 minutes of a 2-core CPU. At LRA's 2000 tokens the tiny model needs
+# 750-1000 steps of 16 to leave the majority-class plateau (seed 0: 29.0% test accuracy after
+# 2000 steps, 70 min on one core; README); at 512 tokens it leaves after 200-400.
 # lr 2e-3 (the earlier default) stayed on the one-class plateau for seed 0 (test 14.4% = majority);
 # 1e-3 reached 34.6% (benchmarks/readme_figures.py; README "Set up" has the seeds measured).
 DEFAULTS = dict(
@@ -82,7 +82,7 @@ PLOT_FILE = "training.png"
 EXAMPLES = """\
 examples:
   eqx-bigbird train                                   # ListOps, tiny model, ~10 min on 2 CPU cores
-  eqx-bigbird train --seq-len 2000 --steps 5000       # LRA's lengths (500-2000 tokens): hours
+  eqx-bigbird train --seq-len 2000 --steps 2000 --eval-every 250   # LRA's lengths: ~1 hour
   eqx-bigbird train --size small --steps 2000 --out runs/small
   eqx-bigbird train --steps 100 --eval-every 25      # a quick look
   eqx-bigbird train --attention original_full --seq-len 1024      # dense attention baseline
