@@ -281,11 +281,11 @@ def child(job: Job, cfg: dict, checkpoint: str | None, reps: int, prng: str) -> 
 
     import jax
 
-    if job.mode == "forward":
-        fn, args = _forward_fn(job, cfg, checkpoint)
-    else:
-        fn, args = _train_fn(job, cfg, checkpoint, prng=prng)
     train = job.mode == "train"
+    if train:
+        fn, args = _train_fn(job, cfg, checkpoint, prng=prng)
+    else:
+        fn, args = _forward_fn(job, cfg, checkpoint)
     t0 = time.perf_counter()
     # A training step donates its parameters and optimizer state and returns the new ones.
     compiled = jax.jit(fn, donate_argnums=(0, 1) if train else ()).lower(*args).compile()
