@@ -177,7 +177,7 @@ def _train_fn(job, cfg, checkpoint, optimizer=True, prng="threefry2x32"):
         params, static = eqx.partition(model, eqx.is_inexact_array)
         labels = jnp.asarray(np.take_along_axis(ids, positions, axis=1))
 
-        def loss(p, x, pos, key):
+        def loss(p, x, pos, labels, key):
             model = eqx.combine(p, static)
 
             def one(ids, pos, labels, key):
@@ -185,7 +185,9 @@ def _train_fn(job, cfg, checkpoint, optimizer=True, prng="threefry2x32"):
 
             return jax.vmap(one)(x, pos, labels, jr.split(key, batch)).mean()
 
-        inputs = (jnp.asarray(ids), jnp.asarray(positions), key)
+        # Every array is an argument, as in a training loop: a label array closed over would be a
+        # compile-time constant (XLA then spends seconds folding the loss's masks).
+        inputs = (jnp.asarray(ids), jnp.asarray(positions), labels, key)
     else:
         params, inputs, loss = _hf_mlm_loss(cfg, checkpoint, overrides, ids, positions, key)
     if not optimizer:
@@ -210,7 +212,7 @@ def _hf_mlm_loss(cfg, checkpoint, overrides, ids, positions, key):
     np.put_along_axis(labels, positions, np.take_along_axis(ids, positions, axis=1), axis=1)
     labels = jnp.asarray(labels)
 
-    def loss(p, x, key):
+    def loss(p, x, labels, key):
         k1, k2 = jr.split(key)
         with lenient():
             logits = model(x, params=p, train=True, dropout_rng=k1, indices_rng=k2).logits
@@ -220,7 +222,7 @@ def _hf_mlm_loss(cfg, checkpoint, overrides, ids, positions, key):
             # Each example's mean over its masked tokens (all have as many), then over the batch.
             return jnp.sum(jnp.where(valid, nll, 0.0)) / valid.sum()
 
-    return model.params, (jnp.asarray(ids), key), loss
+    return model.params, (jnp.asarray(ids), labels, key), loss
 
 
 def _with_adamw(value_and_grad, params, *inputs):
@@ -286,9 +288,16 @@ def child(job: Job, cfg: dict, checkpoint: str | None, reps: int, prng: str) -> 
         fn, args = _train_fn(job, cfg, checkpoint, prng=prng)
     else:
         fn, args = _forward_fn(job, cfg, checkpoint)
+    options = {}
+    if train and job.impl in OURS:
+        import eqx_bigbird as eb
+
+        # The compiler options `make_train_step` (and so `eqx-bigbird train`) compiles with.
+        options = getattr(eb, "jit_options", dict)()
     t0 = time.perf_counter()
     # A training step donates its parameters and optimizer state and returns the new ones.
-    compiled = jax.jit(fn, donate_argnums=(0, 1) if train else ()).lower(*args).compile()
+    compiled = jax.jit(fn, donate_argnums=(0, 1) if train else (), **options)
+    compiled = compiled.lower(*args).compile()
     compile_s = time.perf_counter() - t0
     state = list(args)
 
@@ -312,6 +321,7 @@ def child(job: Job, cfg: dict, checkpoint: str | None, reps: int, prng: str) -> 
         # Process memory while stepping: the model and inputs plus the step's buffers.
         step_rss_gb=rss.peak, step_rss_above_start_gb=rss.peak - before,
         peak_rss_gb=_peak_rss_gb(),
+        device=jax.devices()[0].device_kind,
         matmul_flops_per_s=matmul_rate(
             shape=(job.length, cfg["hidden_size"], cfg["intermediate_size"])
         ),
@@ -385,9 +395,14 @@ def run_json(cmd: list[str], timeout: float, env: dict | None = None) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def _device(rows):
+    return next((r["device"] for r in rows if "device" in r), "CPU")
+
+
 def _markdown(rows, allocator, prng):
     lines = [
-        f"glibc allocator: {allocator} (`--allocator`); training keys: {prng} (`--prng`)",
+        f"device: {_device(rows)}; glibc allocator: {allocator} (`--allocator`); training keys: "
+        f"{prng} (`--prng`)",
         "",
         "| impl | mode | attention | tokens | batch | compile s | median s | s/example | ms/token "
         "| GFLOP/s | matmul GFLOP/s | % matmul | XLA temp GB | RSS while stepping GB |",
@@ -467,7 +482,7 @@ def _plot(rows, path):
     ax.set_xscale("log", base=2)
     ax.set_xlabel("sequence length (tokens)")
     ax.set_ylabel("forward time per token (ms)")
-    ax.set_title(f"BigBird forward, batch {batch}, float32, CPU")
+    ax.set_title(f"BigBird forward, batch {batch}, float32, {_device(rows)}")
     ax.grid(True, alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -579,7 +594,8 @@ def main(argv=None):
                 row["fraction_of_matmul"] = flops / row["median_s"] / row["matmul_flops_per_s"]
             print("   ", {k: v for k, v in row.items() if k != "times_s"}, flush=True)
             rows.append(row)
-    summary = dict(config=cfg, allocator=args.allocator, prng=args.prng, rows=rows,
+    summary = dict(config=cfg, device=_device(rows), allocator=args.allocator, prng=args.prng,
+                   rows=rows,
                    ratios={"/".join(map(str, k)): v for k, v in _ratios(rows).items()},
                    ratios_to_baseline={
                        "/".join(map(str, k)): v for k, v in _ratios(rows, "baseline").items()

@@ -20,14 +20,13 @@ import typing
 from types import EllipsisType
 from typing import Literal
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Float, Int, PRNGKeyArray
 
-from ._compile import at_top_level, jit_options
+from ._compile import outermost_jit
 from ._config import BigBirdConfig
 from ._generation_config import GenerationConfig, resolve
 from ._logits_process import Knobs, Processors
@@ -183,10 +182,7 @@ def _run(plan: _Plan, knobs: _Knobs, model, input_ids, attention_mask, key, mode
     return _beam_search(plan, knobs, model, shared, state, logits, ids)
 
 
-@functools.cache
-def _compiled_run(outermost: bool):
-    # Lazily: the options need JAX's backend; and JAX takes them on the outermost jit only.
-    return eqx.filter_jit(_run, **(jit_options() if outermost else {}))
+_compiled_run = outermost_jit(_run)
 
 
 def model_generation_config(model) -> GenerationConfig:
@@ -284,8 +280,7 @@ def generate(
     if mask.shape != input_ids.shape:
         raise ValueError(f"attention_mask {mask.shape} and input_ids {input_ids.shape} differ")
     key = key if gc.do_sample else None
-    run = _compiled_run(at_top_level())
-    return run(plan, _knobs(plan, gc), model, input_ids, mask, key, model_kwargs)
+    return _compiled_run(plan, _knobs(plan, gc), model, input_ids, mask, key, model_kwargs)
 
 
 def _plan(model, gc: GenerationConfig, shape, max_length_given: bool) -> _Plan:

@@ -21,6 +21,8 @@ import jax.random as jr
 import optax
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray, PyTree
 
+from ._compile import outermost_jit
+
 __all__ = ["TrainState", "make_train_step", "mask_tokens"]
 
 
@@ -89,18 +91,17 @@ def make_train_step(
 
     if not donate:
 
-        @eqx.filter_jit
         def step(state, batch, key):
             loss, grads = gradients(batch, state.model, key)
             return update(state, grads, loss)
 
-        return step
+        return outermost_jit(step)
 
     # Two compiled calls, so that a bad batch cannot cost the caller its state: the batch is only
     # seen (and checked, by the model's input checks) by the first, which donates nothing; the
     # state's buffers are donated to the second, which cannot fail on the batch.
-    jitted_gradients = eqx.filter_jit(gradients)
-    jitted_update = eqx.filter_jit(update, donate="all")
+    jitted_gradients = outermost_jit(gradients)
+    jitted_update = outermost_jit(update, donate="all")
 
     def train_step(state: TrainState, batch: PyTree, key: PRNGKeyArray):
         loss, grads = jitted_gradients(batch, state.model, key)
