@@ -2,12 +2,17 @@
 
 import re
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
+import jax.random as jr
 import numpy as np
+import optax
+import pytest
 
 import eqx_bigbird as eb
 from eqx_bigbird import _compile
+from eqx_bigbird.training import TrainState, make_train_step
 
 
 def layer_norm_then_dot(x, gamma, beta, w):
@@ -76,3 +81,40 @@ def test_generate_takes_the_options_only_where_its_jit_is_the_outermost():
     np.testing.assert_array_equal(jax.jit(run)(prompt), eager)
     np.testing.assert_array_equal(jax.vmap(run)(prompt[None])[0], eager)
     assert jax.eval_shape(run, prompt).shape == eager.shape
+
+
+def test_outermost_jit_applies_the_options_at_top_level_only(monkeypatch):
+    # An option XLA rejects makes the options visible: the compile fails exactly where they apply.
+    bad = {"compiler_options": {"xla_cpu_no_such_option": "1"}}
+    monkeypatch.setattr(_compile, "jit_options", lambda: bad)
+    double = _compile.outermost_jit(lambda x: 2 * x)
+    assert float(jax.jit(double)(1.0)) == 2.0
+    np.testing.assert_array_equal(jax.vmap(double)(jnp.ones(2)), [2.0, 2.0])
+    with pytest.raises((TypeError, RuntimeError)):
+        double(1.0)
+
+
+def test_train_step_at_top_level_and_inside_a_jit_agree():
+    """`make_train_step` compiles with `jit_options()` on its own and without them inside a
+    user's jit (where JAX refuses compiler options); both give the same update."""
+    config = eb.BigBirdConfig(vocab_size=60, hidden_size=16, num_hidden_layers=2,
+                              num_attention_heads=2, intermediate_size=32, block_size=4,
+                              num_random_blocks=1, max_position_embeddings=64)
+    model = eqx.nn.inference_mode(eb.BigBirdForMaskedLM(config, key=jr.PRNGKey(0)), False)
+    optimizer = optax.adam(1e-2)
+
+    def loss_fn(model, batch, *, key):
+        logits = jax.vmap(lambda ids, k: model(ids, key=k).logits)(
+            batch["ids"], jr.split(key, batch["ids"].shape[0])
+        )
+        return eb.masked_lm_loss(logits, batch["ids"])
+
+    batch = {"ids": jnp.asarray(np.random.default_rng(0).integers(5, 60, (2, 48)), jnp.int32)}
+    step = make_train_step(loss_fn, optimizer, donate=False)
+    top, metrics = step(TrainState.create(model, optimizer), batch, jr.PRNGKey(1))
+    nested, nested_metrics = eqx.filter_jit(step)(TrainState.create(model, optimizer), batch,
+                                                  jr.PRNGKey(1))
+    np.testing.assert_allclose(metrics["loss"], nested_metrics["loss"], rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(eqx.filter(top.model, eqx.is_array)),
+                    jax.tree.leaves(eqx.filter(nested.model, eqx.is_array))):
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
