@@ -291,9 +291,12 @@ def child(job: Job, cfg: dict, checkpoint: str | None, reps: int, prng: str) -> 
     options = {}
     if train and job.impl in OURS:
         import eqx_bigbird as eb
+        from eqx_bigbird import training
 
-        # The compiler options `make_train_step` (and so `eqx-bigbird train`) compiles with.
-        options = getattr(eb, "jit_options", dict)()
+        # The compiler options this version's `make_train_step` (and so `eqx-bigbird train`)
+        # compiles with: `jit_options()` since it applies them through `outermost_jit`.
+        if hasattr(training, "outermost_jit"):
+            options = eb.jit_options()
     t0 = time.perf_counter()
     # A training step donates its parameters and optimizer state and returns the new ones.
     compiled = jax.jit(fn, donate_argnums=(0, 1) if train else (), **options)
