@@ -1,7 +1,6 @@
-"""The shipped recipe learns: `eqx-bigbird train` with its default hyperparameters, shortened to
-STEPS steps (same code path, data generator, model, learning rate, warmup share, clipping and
-batch; as in every run, each training example is seen once, so the splits are drawn for STEPS x
-batch examples), leaves the majority-class plateau on two seeds."""
+"""The shipped recipe learns: `eqx-bigbird train` with its default hyperparameters and its
+default 1000 steps (smaller validation and test splits), leaves the majority-class plateau on two
+seeds."""
 
 import json
 import subprocess
@@ -23,9 +22,15 @@ import pytest
 # the plateau, so the steps stay. `--junitxml` reports record each run's accuracies. The margins
 # hold for XLA's numerics with two CPUs (below); pinned to one CPU seed 3 ends at +5.8.
 # On another machine of this kind (2026-12-03: AVX-512/AMX CPU, jax 0.10.2) seed 3 at 600 steps
-# ended at +4.8 (19.8% vs 15.0%, still leaving the plateau), so the test runs 800: seed 0 +18.8
-# (38.2% vs 19.4%), seed 3 +17.8 (32.8% vs 15.0%), the two side by side in 354 s there.
-STEPS = 800
+# ended at +4.8 (19.8% vs 15.0%, still leaving the plateau), so the test ran 800: seed 0 +18.8
+# (38.2% vs 19.4%), seed 3 +17.8 (32.8% vs 15.0%), the two side by side in 354 s there. Then
+# `make_train_step` took `jit_options()` (2026-12-04), which changes XLA's rounding: seed 3 at 800
+# steps was step for step the same through step 500 and then left the plateau later, ending at
+# +6.0 (21.0%; +17.6 with the options patched out, same run). A shortened schedule stays on that
+# edge under any change of rounding, so the test runs the shipped schedule, 1000 steps: seed 3
+# leaves the plateau by step 300 (validation 28.9%) and ends at +17.2 (32.2% vs 15.0%), seed 0
+# at +21.6 (37.0% vs 15.4%); the two side by side in 344 s on this machine.
+STEPS = 1000
 SEEDS = [0, 3]
 MIN_MARGIN = 0.10
 
@@ -62,7 +67,7 @@ def runs(tmp_path_factory):
 
 
 @pytest.mark.parametrize("seed", SEEDS)
-def test_shortened_default_recipe_beats_the_majority_baseline(seed, runs, record_property):
+def test_default_recipe_beats_the_majority_baseline(seed, runs, record_property):
     rc, err, out = runs[seed]
     assert rc == 0, err[-4000:]
     metrics = json.loads((out / "metrics.json").read_text())
