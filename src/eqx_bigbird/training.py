@@ -68,7 +68,8 @@ def make_train_step(
       or a pytree of them). `None` leaves placement to XLA, as on one device.
 
     **Returns:** the step function; `metrics` holds `loss` (mean over micro-batches) and
-    `grad_norm`.
+    `grad_norm`. Called outside any JAX transformation it compiles with `jit_options()` (on
+    CPU, every dot its own YNNPACK call); inside your own jit or scan, without.
     """
     if accumulation_steps < 1:
         raise ValueError(f"accumulation_steps must be >= 1, got {accumulation_steps}")
