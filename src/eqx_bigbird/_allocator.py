@@ -4,17 +4,21 @@ import ctypes
 import ctypes.util
 
 # glibc's mallopt parameters (malloc.h).
-_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -2, -3, -4
 _INT_MAX = 2**31 - 1
-# (mallopt parameter, value, the environment variable glibc reads for it at process start)
+# (mallopt parameter, value, the environment variable glibc reads for it at process start, its
+# value there). The threshold is an int, so a buffer above 2 GiB (an MLM step's XLA temp buffer
+# at 2048 tokens) would still be mapped afresh: mmap is switched off outright (`M_MMAP_MAX` 0),
+# and trimming too (-1, which the variable spells as SIZE_MAX).
 _SETTINGS = (
-    (_M_MMAP_THRESHOLD, _INT_MAX, "MALLOC_MMAP_THRESHOLD_"),
-    (_M_TRIM_THRESHOLD, _INT_MAX, "MALLOC_TRIM_THRESHOLD_"),
-    (_M_TOP_PAD, 64 << 20, "MALLOC_TOP_PAD_"),
+    (_M_MMAP_MAX, 0, "MALLOC_MMAP_MAX_", "0"),
+    (_M_MMAP_THRESHOLD, _INT_MAX, "MALLOC_MMAP_THRESHOLD_", str(_INT_MAX)),
+    (_M_TRIM_THRESHOLD, -1, "MALLOC_TRIM_THRESHOLD_", str(2**64 - 1)),
+    (_M_TOP_PAD, 64 << 20, "MALLOC_TOP_PAD_", str(64 << 20)),
 )
 # The same setting for a child process, applied by glibc before any code runs (the benchmarks
 # start every implementation they time with it, ours and the references alike).
-ENVIRONMENT = {name: str(value) for _, value, name in _SETTINGS}
+ENVIRONMENT = {name: text for *_, name, text in _SETTINGS}
 
 
 def reuse_freed_memory() -> bool:
@@ -23,12 +27,14 @@ def reuse_freed_memory() -> bool:
     By default glibc maps every large buffer (above a threshold that adapts up to 32 MiB)
     afresh and unmaps it when freed, so each step of a compiled program pays the kernel to zero
     its buffers' pages again (the default `eqx-bigbird train` run: 3.9M page faults and 14 s of
-    system time in its first 60 steps; 0.3M and 2 s with this setting). After this call freed
+    system time in its first 60 steps; 0.3M and 2 s with this setting; the MLM step at 2048 tokens
+    of `benchmarks.run`, whose temp buffer is 2.4 GB: 0.58M faults and 1.5 s of system time per
+    step, none with it). After this call freed
     memory stays in the process for reuse: peak RSS barely moves, but memory is not given back
     to the system until exit. `eqx-bigbird` commands call it at start (the library never does on
     import); in your own process call it once, before the first large computation. The shell
-    equivalent: `MALLOC_MMAP_THRESHOLD_=2147483647 MALLOC_TRIM_THRESHOLD_=2147483647
-    MALLOC_TOP_PAD_=67108864`.
+    equivalent: `MALLOC_MMAP_MAX_=0 MALLOC_MMAP_THRESHOLD_=2147483647
+    MALLOC_TRIM_THRESHOLD_=18446744073709551615 MALLOC_TOP_PAD_=67108864`.
 
     **Returns:** whether the setting was applied (False where the C library is not glibc).
     """
@@ -38,5 +44,5 @@ def reuse_freed_memory() -> bool:
     except (OSError, AttributeError):
         return False
     # Each is tried, even if one fails.
-    applied = [mallopt(param, value) == 1 for param, value, _ in _SETTINGS]
+    applied = [mallopt(param, value) == 1 for param, value, *_ in _SETTINGS]
     return all(applied)

@@ -306,7 +306,7 @@ def _rejoin(glob, rows, shape):
     return jnp.concatenate([glob[:, :1], rows, glob[:, 1:]], axis=1).reshape(shape)
 
 
-def _sparse_forward(q, k, v, mask, plan, dup_r, bs):
+def _sparse_forward(q, k, v, plan, mask, dup_r, bs):
     heads, seq, dim = q.shape
     nb, dtype, f32 = seq // bs, q.dtype, jnp.float32
     qb, kb, vb = (x.reshape(heads, nb, bs, dim) for x in (q, k, v))
@@ -329,13 +329,33 @@ def _sparse_context(q, k, v, mask, plan, dup_r, bs):
     return _sparse_context_fwd(q, k, v, mask, plan, dup_r, bs)[0]
 
 
+def _one_head_at_a_time(fn, per_head, *shared):
+    """`fn(*per_head, *shared)` computed head by head (`lax.map`) and stacked again.
+
+    Each head's scores and probabilities (`(rows, bs, keys)`, a few MB) then stay in cache between
+    the dots and the softmax that read them; all heads at once spill them to memory, which makes
+    the attention ~2x slower on CPU (`python -m benchmarks.attention`).
+    """
+
+    def one(xs):
+        out = fn(*(None if x is None else x[None] for x in xs), *shared)  # plan may be None
+        return jax.tree_util.tree_map(lambda y: y[0], out)
+
+    return jax.lax.map(one, per_head)
+
+
 def _sparse_context_fwd(q, k, v, mask, plan, dup_r, bs):
-    ctx, lse = _sparse_forward(q, k, v, mask, plan, dup_r, bs)
+    ctx, lse = _one_head_at_a_time(_sparse_forward, (q, k, v, plan), mask, dup_r, bs)
     return ctx * mask[None, :, None].astype(ctx.dtype), (q, k, v, mask, plan, ctx, lse)
 
 
 def _sparse_context_bwd(dup_r, bs, res, grad):
     q, k, v, mask, plan, ctx, lse = res
+    grads = _one_head_at_a_time(_sparse_backward, (q, k, v, plan, ctx, lse, grad), mask, dup_r, bs)
+    return *grads, None, None
+
+
+def _sparse_backward(q, k, v, plan, ctx, lse, grad, mask, dup_r, bs):
     heads, seq, dim = q.shape
     nb, dtype = seq // bs, q.dtype
     scale = 1.0 / math.sqrt(dim)
@@ -381,7 +401,7 @@ def _sparse_context_bwd(dup_r, bs, res, grad):
         return acc.reshape(heads, seq, dim).astype(dtype)
 
     dq = _rejoin(dq_glob, dq * scale, (heads, seq, dim)).astype(dtype)
-    return dq, route(dk, dks), route(dv, dvs), None, None
+    return dq, route(dk, dks), route(dv, dvs)
 
 
 _sparse_context.defvjp(_sparse_context_fwd, _sparse_context_bwd)
