@@ -23,6 +23,7 @@ import tempfile
 import time
 
 from eqx_bigbird._allocator import ENVIRONMENT as ALLOCATOR_ENVIRONMENT
+from eqx_bigbird._allocator import HUGE_PAGES
 from eqx_bigbird._io import atomic_savefig, atomic_write_text
 
 BASE = dict(
@@ -371,10 +372,12 @@ def _run_child(job, cfg, checkpoint, reps, timeout, baseline_src, allocator, prn
         dict(job=dataclasses.asdict(job), cfg=cfg, checkpoint=checkpoint, reps=reps, prng=prng)
     )]
     env = dict(os.environ)
-    if allocator == "reuse":
+    if allocator in ("reuse", "huge-pages"):
         # What `eqx-bigbird` commands set with `reuse_freed_memory()`, given to every
         # implementation alike through glibc's environment variables.
         env.update(ALLOCATOR_ENVIRONMENT)
+    if allocator == "huge-pages":
+        env.update(HUGE_PAGES)
     if job.impl == "baseline":
         # Imported ahead of the installed package: the same harness times another version.
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [baseline_src, env.get("PYTHONPATH")]))
@@ -515,10 +518,13 @@ def main(argv=None):
     p.add_argument("--batch", type=int, nargs="*", default=[1],
                    help="batch sizes (ours: jax.vmap over examples; HF: its batch dimension)")
     p.add_argument("--reps", type=int)
-    p.add_argument("--allocator", choices=["reuse", "default"], default="reuse",
+    p.add_argument("--allocator", choices=["reuse", "huge-pages", "default"], default="reuse",
                    help="glibc's allocator in every measured process: 'reuse' keeps freed "
                    "buffers for the next ones, as `eqx_bigbird.reuse_freed_memory()` and every "
-                   "eqx-bigbird command set it (default); 'default' maps every large buffer afresh")
+                   "eqx-bigbird command set it (default); 'huge-pages' also backs the buffers "
+                   "above 2 GiB, which glibc still maps afresh, with transparent huge pages "
+                   "(GLIBC_TUNABLES=glibc.malloc.hugetlb=1); 'default' maps every large buffer "
+                   "afresh")
     p.add_argument("--prng", choices=["threefry2x32", "rbg", "unsafe_rbg"], default="threefry2x32",
                    help="JAX PRNG implementation of the training step's key (dropout masks, "
                    "random plans), both implementations (default threefry2x32, JAX's default)")

@@ -13,13 +13,14 @@ _SETTINGS = (
     (_M_TOP_PAD, 64 << 20, "MALLOC_TOP_PAD_"),
 )
 # The same setting for a child process, applied by glibc before any code runs (the benchmarks
-# start every implementation they time with it, ours and the references alike). The threshold is
-# an int, so a buffer above 2 GiB (XLA's temp buffer of an MLM step at 2048 tokens: 2.4 GB) is
-# still mapped afresh each time; glibc's `hugetlb` tunable, which exists only in this form, backs
-# such mappings with transparent huge pages: 512x fewer faults. (Switching mmap off instead keeps
-# the buffer but fragments the heap: +2.4 GB of RSS.)
+# start every implementation they time with it, ours and the references alike).
 ENVIRONMENT = {name: str(value) for _, value, name in _SETTINGS}
-ENVIRONMENT["GLIBC_TUNABLES"] = "glibc.malloc.hugetlb=1"
+# The threshold is an int, so a buffer above 2 GiB (XLA's temp buffer of a base-size MLM step at
+# 2048 tokens: 2.4 GB) is still mapped afresh each time. glibc's `hugetlb` tunable, which exists
+# only in this form, backs such mappings with transparent huge pages: 512x fewer faults, at some
+# RSS (freed heap memory inside a huge page stays resident). Switching mmap off (`M_MMAP_MAX` 0)
+# keeps the buffer instead, but fragments the heap: +2.4 GB of RSS in that step.
+HUGE_PAGES = {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
 
 
 def reuse_freed_memory() -> bool:
