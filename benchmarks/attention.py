@@ -1,7 +1,8 @@
 """Block-sparse attention alone, this tree against another (`--baseline-src`), in alternating
 subprocesses: `sparse_attention.block_sparse_attention` at bigbird-roberta-base's attention shape
-(12 heads of 64, blocks of 64, 3 random blocks, a fresh random plan), forward and
-forward + backward (`jax.grad`), through `jax.vmap` for `--batch` > 1. For profiling the kernel;
+(12 heads of 64, blocks of 64, 3 random blocks: a random plan as in training, or `--plan eval`,
+HF's inference plan as a model's forward uses it), forward and forward + backward (`jax.grad`),
+through `jax.vmap` for `--batch` > 1. For profiling the kernel;
 the model-level claims come from `benchmarks.run`, side by side with HF.
 
     python -m benchmarks.attention --baseline-src /path/to/other/checkout/src --lengths 2048 8192
@@ -20,7 +21,7 @@ HEADS, HEAD_DIM, BLOCK, RANDOM = 12, 64, 64, 3
 MODES = ("forward", "forward+backward")
 
 
-def _child(length: int, batch: int, reps: int) -> dict:
+def _child(length: int, batch: int, reps: int, plan: str) -> dict:
     import jax
     import jax.numpy as jnp
     import jax.random as jr
@@ -37,8 +38,9 @@ def _child(length: int, batch: int, reps: int) -> dict:
     plans = jax.vmap(lambda key: sa.random_plan(key, HEADS, nb, RANDOM))(jr.split(kp, batch))
     mask = jnp.ones((batch, length))
 
-    def forward(q, k, v, mask, plan):
-        return sa.block_sparse_attention(q, k, v, mask, plan, block_size=BLOCK)[0]
+    def forward(q, k, v, mask, random_plan):
+        chosen = sa.EvalPlan(RANDOM) if plan == "eval" else random_plan
+        return sa.block_sparse_attention(q, k, v, mask, chosen, block_size=BLOCK)[0]
 
     def loss(q, k, v, mask, plan):
         return jnp.sum(jax.vmap(forward)(q, k, v, mask, plan) ** 2)
@@ -56,16 +58,17 @@ def main(argv=None) -> None:
     p.add_argument("--baseline-src", help="another checkout's src/ folder to compare with")
     p.add_argument("--lengths", type=int, nargs="*", default=[2048, 4096, 8192])
     p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--plan", choices=("random", "eval"), default="random")
     p.add_argument("--rounds", type=int, default=3, help="subprocesses per tree and length")
     p.add_argument("--reps", type=int, default=10, help="timed calls per subprocess")
     p.add_argument("--child", type=int, metavar="LENGTH", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
-        print(json.dumps(_child(args.child, args.batch, args.reps)))
+        print(json.dumps(_child(args.child, args.batch, args.reps, args.plan)))
         return
     trees = {"ours": None} | ({"baseline": args.baseline_src} if args.baseline_src else {})
     cmd = [sys.executable, "-m", "benchmarks.attention", "--batch", str(args.batch),
-           "--reps", str(args.reps), "--child"]
+           "--reps", str(args.reps), "--plan", args.plan, "--child"]
     for length in args.lengths:
         times = {(tree, mode): [] for tree in trees for mode in MODES}
         for r in range(args.rounds):
@@ -80,7 +83,7 @@ def main(argv=None) -> None:
                     times[tree, mode].append(out[mode])
         for mode in MODES:
             mid = {tree: sorted(times[tree, mode])[args.rounds // 2] for tree in trees}
-            line = f"{length} tokens, batch {args.batch}, {mode}: " + ", ".join(
+            line = f"{length} tokens, batch {args.batch}, {args.plan} plan, {mode}: " + ", ".join(
                 f"{tree} {1e3 * t:.1f} ms" for tree, t in mid.items()
             )
             if "baseline" in mid:

@@ -58,3 +58,15 @@ def test_quick_pegasus_benchmark_writes_its_reports_and_agrees_with_hf(tmp_path)
     assert set(summary["ratios"]) == {"encoder", "per_token", "summary"}
     assert "Same token ids from both: yes." in (tmp_path / "results.md").read_text()
     assert (tmp_path / "results.png").stat().st_size > 1000
+
+
+def test_attention_benchmark_compares_two_trees():
+    # The same tree as the baseline: both rows run, and the ratio line is printed for each mode.
+    cmd = [sys.executable, "-m", "benchmarks.attention", "--lengths", "640", "--rounds", "1",
+           "--reps", "1", "--plan", "eval", "--baseline-src", os.path.join(ROOT, "src")]
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = [x for x in result.stdout.splitlines() if x.startswith("640 tokens, batch 1, eval")]
+    modes = [x.split(", ")[3].split(":")[0] for x in lines]
+    assert modes == ["forward", "forward+backward"], result.stdout
+    assert all("baseline / ours" in x for x in lines), result.stdout
