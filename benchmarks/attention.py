@@ -2,8 +2,8 @@
 subprocesses: `sparse_attention.block_sparse_attention` at bigbird-roberta-base's attention shape
 (12 heads of 64, blocks of 64, 3 random blocks: a random plan as in training, or `--plan eval`,
 HF's inference plan as a model's forward uses it), forward and forward + backward (`jax.grad`),
-through `jax.vmap` for `--batch` > 1. For profiling the kernel;
-the model-level claims come from `benchmarks.run`, side by side with HF.
+through `jax.vmap` for `--batch` > 1. For profiling the kernel; the model-level claims come from
+`benchmarks.run`, side by side with HF.
 
     python -m benchmarks.attention --baseline-src /path/to/other/checkout/src --lengths 2048 8192
 """

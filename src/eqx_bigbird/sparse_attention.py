@@ -334,7 +334,7 @@ def _one_head_at_a_time(fn, per_head, *shared):
 
     Each head's scores and probabilities (`(rows, bs, keys)`, a few MB) then stay in cache between
     the dots and the softmax that read them; all heads at once spill them to memory, which makes
-    the attention ~2x slower on CPU (`python -m benchmarks.attention`).
+    the attention up to 2x slower on CPU (`python -m benchmarks.attention`).
     """
 
     def one(xs):
